@@ -1,0 +1,232 @@
+"""One typed config drives train, tune and serve. YAML in and out; `section.key=value` overrides from the CLI.
+
+Every field has a default that works on the synthetic world, so `Config()` is a runnable config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from imtext.atomic import write_text
+from imtext.errors import ImtextError
+
+TEXT_MODELS = ("bow", "bigram", "trigram", "skipgram", "gru")
+NEGATIVES = ("all", "hardest", "semi-hard", "top-k")
+
+
+@dataclass
+class DataConfig:
+    """Where the pairs come from (`KIND:PATH`, see imtext.data) and which splits play which role."""
+
+    spec: str = "synth:data/synth"
+    train_split: str = "train"
+    val_split: str = "val"
+    test_split: str = "test"
+    # Precomputed backbone features (parquet written by `imtext features`); empty = read pixels.
+    features: str = ""
+    max_train_pairs: int = 0  # 0 = all; handy for quick runs
+
+
+@dataclass
+class TextConfig:
+    """The text branch: one of the paper's models (+ MLP)."""
+
+    model: str = "gru"  # bow | bigram | trigram | skipgram | gru
+    weighting: str = "tfidf"  # bag models: counts | tfidf
+    min_count: int = 1  # words seen fewer times in the training split map to <unk>
+    hash_buckets: int = 1 << 16  # n-gram buckets (2^18 for COCO on a GPU: 4x the memory)
+    word_dim: int = 128
+    hidden_dim: int = 256  # GRU hidden size (per direction)
+    bidirectional: bool = True
+    max_len: int = 40  # tokens per caption kept
+
+
+@dataclass
+class ImageConfig:
+    """The image branch: a CNN backbone (+ MLP)."""
+
+    backbone: str = "smallcnn"  # smallcnn | resnet18/50/152 | vgg16/19 | efficientnet_lite0 | none
+    weights: str = "default"  # default (the backbone's pretrained weights) | none | /path/to/file.safetensors
+    finetune: bool = True  # False: frozen backbone (precomputed features when data.features is set)
+    image_size: int = 0  # 0 = the backbone's own size: 64 px for smallcnn, 224 for ImageNet backbones
+
+    def size(self) -> int:
+        return self.image_size or (64 if self.backbone == "smallcnn" else 224)
+
+
+@dataclass
+class ModelConfig:
+    """The shared embedding space and the MLP heads on both branches."""
+
+    embed_dim: int = 256
+    mlp_hidden: int = 1024  # 0 = a single linear projection
+    dropout: float = 0.1
+
+
+@dataclass
+class LossConfig:
+    """Bidirectional hinge ranking loss; `negatives` is searched by name in Tune."""
+
+    margin: float = 0.2
+    negatives: str = "hardest"  # all | hardest | semi-hard | top-k
+    topk: int = 3  # k for top-k
+    i2t_weight: float = 1.0  # image annotation direction (image -> its captions)
+    t2i_weight: float = 1.0  # image search direction (caption -> its image)
+    # Sum over all negatives for the first epochs, then switch to `negatives` (hardest alone collapses
+    # on small data, a known VSE++ behaviour).
+    warmup_epochs: int = 2
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation and how it is run (in-process or Ray Train workers)."""
+
+    epochs: int = 12
+    batch_size: int = 128
+    lr: float = 2e-3
+    backbone_lr_scale: float = 0.1  # pretrained CNNs fine-tune ~10x slower than the heads
+    weight_decay: float = 1e-4
+    grad_clip: float = 2.0
+    lr_schedule: str = "cosine"  # cosine | constant
+    seed: int = 0
+    workers: int = 1  # Ray Train workers; 0 = plain in-process loop without Ray
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    gather_negatives: bool = True  # all-gather embeddings so the loss sees the global batch
+    loader_workers: int = 0
+    amp: bool = True  # bf16 autocast on GPU (ignored on CPU)
+    channels_last: bool = True  # on GPU
+    compile: bool = False
+    num_to_keep: int = 2  # best checkpoints kept by validation rsum
+    max_failures: int = 2
+    out: str = "runs/model"  # final model directory (best checkpoint)
+    storage_path: str = ""  # Ray Train storage; empty = <out>/../ray_results
+    name: str = ""  # Ray Train run name; empty = derived from `out`
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    image: ImageConfig = field(default_factory=ImageConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    # ---- YAML in and out -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any] | None) -> Config:
+        return _build(cls, raw or {}, "")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def save(self, path: str | Path) -> None:
+        write_text(path, self.to_yaml())
+
+    @classmethod
+    def load(cls, path: str | Path) -> Config:
+        path = Path(path)
+        if not path.is_file():
+            raise ImtextError(f"config file not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            raise ImtextError(f"{path} is not valid YAML: {e}") from None
+        if raw is not None and not isinstance(raw, dict):
+            raise ImtextError(f"{path}: expected a mapping of sections (data, text, image, ...)")
+        return cls.from_dict(raw)
+
+    # ---- overrides -------------------------------------------------------------------------
+    def override(self, assignments: list[str] | dict[str, Any]) -> Config:
+        """Return a copy with `section.key=value` assignments applied (values parsed as YAML)."""
+        raw = self.to_dict()
+        if isinstance(assignments, dict):
+            items = list(assignments.items())  # typed values, used as they are
+        else:
+            items = [(key, _parse(value)) for key, value in map(_split, assignments)]
+        for dotted, value in items:
+            section, _, key = dotted.partition(".")
+            if section not in raw or not key:
+                raise ImtextError(f"unknown config key {dotted!r}; sections: {', '.join(raw)}")
+            if key not in raw[section]:
+                raise ImtextError(
+                    f"unknown config key {dotted!r}; {section} has: {', '.join(raw[section])}"
+                )
+            raw[section][key] = value
+        return Config.from_dict(raw)
+
+    def validate(self) -> Config:
+        if self.text.model not in TEXT_MODELS:
+            raise ImtextError(f"text.model={self.text.model!r}; choose one of {', '.join(TEXT_MODELS)}")
+        if self.loss.negatives not in NEGATIVES:
+            raise ImtextError(f"loss.negatives={self.loss.negatives!r}; choose one of {', '.join(NEGATIVES)}")
+        if self.loss.margin < 0:
+            raise ImtextError("loss.margin must be >= 0")
+        if self.train.batch_size < 2:
+            raise ImtextError("train.batch_size must be at least 2 (the loss needs negatives)")
+        if self.train.workers < 0:
+            raise ImtextError("train.workers must be >= 0 (0 = in-process without Ray)")
+        return self
+
+
+def _split(assignment: str) -> tuple[str, str]:
+    key, sep, value = assignment.partition("=")
+    if not sep:
+        raise ImtextError(f"override {assignment!r} must look like section.key=value")
+    return key.strip(), value.strip()
+
+
+def _parse(value: str) -> Any:
+    """A CLI value as YAML (numbers, booleans), except that an empty value stays an empty string."""
+    return yaml.safe_load(value) if value else ""
+
+
+def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ImtextError(f"config section {where or 'root'} must be a mapping")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(raw) - set(fields)
+    if unknown:
+        raise ImtextError(
+            f"unknown config key(s) {', '.join(sorted(unknown))} in {where or 'root'}; "
+            f"known: {', '.join(fields)}"
+        )
+    kwargs = {}
+    for name, value in raw.items():
+        hint = hints[name]
+        path = f"{where}.{name}" if where else name
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value, path)
+        else:
+            kwargs[name] = _coerce(hint, value, path)
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, path: str) -> Any:
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ImtextError(f"{path} must be true or false, got {value!r}")
+    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if hint is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if hint is str and isinstance(value, str):
+        return value
+    if hint is str and isinstance(value, int | float):
+        return str(value)
+    raise ImtextError(f"{path} must be {getattr(hint, '__name__', hint)}, got {value!r}")

@@ -1,0 +1,58 @@
+"""`KIND:PATH` specs -> the pairs table. The one entry point the trainer, the CLI and the tests use."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+
+from imtext.data import coco, flickr8k, karpathy, manifest, synth
+from imtext.data.pairs import RawPairs, finalize
+from imtext.errors import DataError
+
+KINDS = {
+    "flickr8k": "flickr8k:DIR (Flickr8k.token.txt, Flickr_8k.*Images.txt, Flicker8k_Dataset/)",
+    "karpathy": "karpathy:FILE.json[,IMAGES_DIR] (dataset_flickr8k/flickr30k/coco.json)",
+    "coco": "coco:DIR (annotations/captions_{train,val}2017.json, train2017/, val2017/)",
+    "manifest": "manifest:FILE.csv|FILE.parquet (columns image_path, caption[, split])",
+    "synth": "synth:DIR (made by `imtext data synth --out DIR`)",
+}
+
+
+def _kinds_help() -> str:
+    return "; ".join(KINDS.values())
+
+
+def parse_spec(spec: str) -> tuple[str, str]:
+    """'coco:/data/coco' -> ('coco', '/data/coco'). Kind is case-insensitive; the path keeps any colons."""
+    kind, sep, path = spec.partition(":")
+    kind = kind.strip().lower()
+    if not sep:
+        raise DataError(f"data spec {spec!r} has no KIND: prefix; use one of: {_kinds_help()}")
+    if kind not in KINDS:
+        raise DataError(f"unknown data kind {kind!r} in {spec!r}; known kinds: {_kinds_help()}")
+    if not path.strip():
+        raise DataError(f"data spec {spec!r} has no path; expected {KINDS[kind]}")
+    return kind, path.strip()
+
+
+def load_pairs(spec: str, splits: list[str] | None = None, check_images: bool = True) -> pa.Table:
+    """Read a data source into a PAIRS_SCHEMA table (one row per image-caption pair).
+
+    `splits` picks splits by name (aliases such as val2017, dev, restval are accepted); None keeps all.
+    With `check_images`, rows whose image file is missing are skipped with a warning (existence only:
+    decoding is left to `load_image`). Anything skipped is reported on stderr with a count.
+    """
+    kind, path = parse_spec(spec)
+    raw: RawPairs
+    if kind == "flickr8k":
+        raw = flickr8k.read(Path(path).expanduser(), spec)
+    elif kind == "karpathy":
+        raw = karpathy.read(path, spec)
+    elif kind == "coco":
+        raw = coco.read(Path(path).expanduser(), spec, splits)
+    elif kind == "manifest":
+        raw = manifest.read(Path(path).expanduser(), spec)
+    else:
+        raw = synth.read(Path(path).expanduser(), spec)
+    return finalize(raw, splits, check_images)

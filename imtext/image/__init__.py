@@ -1,0 +1,14 @@
+"""The image branch's CNN part: backbones, their pixel transforms, and precomputed features."""
+
+from imtext.image.backbones import BACKBONES, OUT_DIMS, Backbone, build_backbone, image_transform
+from imtext.image.features import compute_features, load_features
+
+__all__ = [
+    "BACKBONES",
+    "OUT_DIMS",
+    "Backbone",
+    "build_backbone",
+    "compute_features",
+    "image_transform",
+    "load_features",
+]

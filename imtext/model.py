@@ -1,0 +1,198 @@
+"""The two-branch model: a CNN (+ MLP) for images and a text model (+ MLP) for sentences, both ending in one
+L2-normalised embedding space. The model directory (config.yaml, weights.safetensors, vocab.json,
+metrics.json) is self-contained: loading it needs no download and never unpickles."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from imtext.atomic import atomic_dir
+from imtext.config import Config
+from imtext.errors import ImtextError
+from imtext.image import build_backbone, image_transform
+from imtext.text import TextFeaturizer, Vocab, build_text_encoder, collate_texts
+
+WEIGHTS_FILE = "weights.safetensors"
+MODEL_FILES = ("config.yaml", WEIGHTS_FILE, "vocab.json")
+
+
+class MLPHead(nn.Module):
+    """Projects a branch's features into the shared space (the paper's "+ MLP")."""
+
+    def __init__(self, in_dim: int, out_dim: int, hidden: int, dropout: float):
+        super().__init__()
+        if hidden > 0:
+            self.net = nn.Sequential(
+                nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(hidden, out_dim)
+            )
+        else:
+            self.net = nn.Linear(in_dim, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class TwoBranch(nn.Module):
+    """Image branch + text branch into one space.
+
+    `encode_images` takes pixels (B, 3, H, W), or precomputed backbone features (B, F) which skip the
+    backbone; `encode_texts` takes `(ids, lengths)` from `collate_texts`. Both return (B, D) L2-normalised.
+    """
+
+    def __init__(self, config: Config, vocab: Vocab, feature_dim: int | None = None, pretrained: bool = True):
+        super().__init__()
+        self.config = config
+        self.vocab = vocab
+        t, i, m = config.text, config.image, config.model
+        self.featurizer = TextFeaturizer(t.model, vocab, hash_buckets=t.hash_buckets, max_len=t.max_len)
+        self.text_encoder = build_text_encoder(t, self.featurizer)
+        self.text_head = MLPHead(self.text_encoder.out_dim, m.embed_dim, m.mlp_hidden, m.dropout)
+        weights = i.weights if pretrained else "none"
+        if i.backbone == "none":
+            if not feature_dim:
+                raise ImtextError("image.backbone=none needs precomputed features (data.features)")
+            self.backbone = build_backbone("none", feature_dim=feature_dim)
+        else:
+            self.backbone = build_backbone(i.backbone, weights=weights, image_size=i.size())
+        if not i.finetune:
+            self.backbone.requires_grad_(False)
+        self.image_head = MLPHead(self.backbone.out_dim, m.embed_dim, m.mlp_hidden, m.dropout)
+        self._fingerprint = ""
+
+    # ---- the two encoders ----------------------------------------------------------------------
+    def encode_images(self, batch: torch.Tensor) -> torch.Tensor:
+        if batch.dim() == 4:
+            if self.config.image.finetune:
+                feats = self.backbone(batch)
+            else:
+                with torch.no_grad():
+                    feats = self.backbone(batch)
+        elif batch.dim() == 2:
+            feats = batch  # precomputed backbone features
+        else:
+            raise ImtextError(f"encode_images wants (B,3,H,W) pixels or (B,F) features, got {tuple(batch.shape)}")
+        return F.normalize(self.image_head(feats.float()), dim=-1)
+
+    def encode_texts(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        ids, lengths = batch
+        return F.normalize(self.text_head(self.text_encoder(ids, lengths).float()), dim=-1)
+
+    def forward(self, images: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor):
+        """Both branches in one call, so DDP sees one forward per step."""
+        return self.encode_images(images), self.encode_texts((ids, lengths))
+
+    def train(self, mode: bool = True) -> TwoBranch:
+        """A frozen backbone stays in eval mode, so its BatchNorm statistics never drift."""
+        super().train(mode)
+        if not self.config.image.finetune:
+            self.backbone.eval()
+        return self
+
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.backbone.parameters() if p.requires_grad]
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        backbone = {id(p) for p in self.backbone.parameters()}
+        return [p for p in self.parameters() if p.requires_grad and id(p) not in backbone]
+
+    # ---- convenience for embedding, serving and the shell ----------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies the weights; an index remembers it so it is never queried by another model."""
+        if not self._fingerprint:
+            h = hashlib.sha256()
+            for name, tensor in sorted(self.state_dict().items()):
+                h.update(name.encode())
+                h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+            self._fingerprint = h.hexdigest()[:16]
+        return self._fingerprint
+
+    def tokenize(self, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        return collate_texts([self.featurizer(c) for c in captions])
+
+    def image_preprocess(self, train: bool = False):
+        return image_transform(self.config.image.backbone, self.config.image.size(), train=train)
+
+    @torch.inference_mode()
+    def embed_texts(self, captions: Sequence[str], batch_size: int = 512) -> np.ndarray:
+        """Captions -> (N, D) float32, normalised. Empty strings are the caller's problem to refuse."""
+        self.eval()
+        out = []
+        for start in range(0, len(captions), batch_size):
+            ids, lengths = self.tokenize(captions[start : start + batch_size])
+            out.append(self.encode_texts((ids.to(self.device), lengths)).float().cpu())
+        return torch.cat(out).numpy() if out else np.zeros((0, self.config.model.embed_dim), np.float32)
+
+    @torch.inference_mode()
+    def embed_images(self, images: Sequence[Any], batch_size: int = 64) -> np.ndarray:
+        """PIL images -> (N, D) float32, normalised, through the backbone."""
+        if self.config.image.backbone == "none":
+            raise ImtextError("this model was trained on features without a backbone; it cannot embed raw images")
+        self.eval()
+        transform = self.image_preprocess(train=False)
+        out = []
+        for start in range(0, len(images), batch_size):
+            pixels = torch.stack([transform(im.convert("RGB")) for im in images[start : start + batch_size]])
+            out.append(self.encode_images(pixels.to(self.device)).float().cpu())
+        return torch.cat(out).numpy() if out else np.zeros((0, self.config.model.embed_dim), np.float32)
+
+    # ---- the model directory ---------------------------------------------------------------------
+    def save(self, directory: str | Path, metrics: dict[str, Any] | None = None) -> Path:
+        """Write the model directory atomically (a crash leaves the previous one intact)."""
+        directory = Path(directory)
+        state = {k: v.detach().cpu().contiguous().clone() for k, v in self.state_dict().items()}
+        with atomic_dir(directory) as tmp:
+            self.config.save(tmp / "config.yaml")
+            self.vocab.save(tmp / "vocab.json")
+            save_file(state, str(tmp / WEIGHTS_FILE), metadata={"feature_dim": str(self._feature_dim())})
+            (tmp / "metrics.json").write_text(json.dumps(metrics or {}, indent=2, sort_keys=True) + "\n")
+        return directory
+
+    def _feature_dim(self) -> int:
+        return int(self.backbone.out_dim)
+
+    @classmethod
+    def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> TwoBranch:
+        directory = Path(directory)
+        missing = [f for f in MODEL_FILES if not (directory / f).is_file()]
+        if missing:
+            raise ImtextError(
+                f"{directory} is not a model directory (missing {', '.join(missing)}); "
+                "train one with `imtext train` or point --model at its output folder"
+            )
+        config = Config.load(directory / "config.yaml")
+        vocab = Vocab.load(directory / "vocab.json")
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(directory / WEIGHTS_FILE), framework="pt") as f:
+                meta = f.metadata() or {}
+            state = load_file(str(directory / WEIGHTS_FILE))
+        except Exception as e:  # safetensors raises several types for a damaged file
+            raise ImtextError(f"cannot read {directory / WEIGHTS_FILE}: {e}; retrain or re-copy the model") from None
+        feature_dim = int(meta.get("feature_dim", 0)) or None
+        model = cls(config, vocab, feature_dim=feature_dim, pretrained=False)
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            raise ImtextError(f"{directory}: weights do not fit config.yaml ({str(e).splitlines()[0]})") from None
+        return model.to(device).eval()
+
+
+def read_metrics(directory: str | Path) -> dict[str, Any]:
+    path = Path(directory) / "metrics.json"
+    return json.loads(path.read_text()) if path.is_file() else {}

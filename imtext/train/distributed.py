@@ -1,0 +1,51 @@
+"""Negatives across the whole global batch: with DDP each worker only sees its local batch, so hard
+negatives would come from B/N samples. All-gathering the embeddings *with gradients* (as open_clip does)
+lets every worker compute the loss over the global batch; the gradients then equal one big-batch step."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from imtext.loss import RankingLoss
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate `x` from every rank in rank order; gradients flow back to each rank's own rows."""
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x), dim=0)
+
+
+def gather_no_grad(x: torch.Tensor) -> torch.Tensor:
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts, dim=0)
+
+
+def positive_mask(image_index: torch.Tensor) -> torch.Tensor:
+    """True where caption j describes image i (one image often appears twice in a batch)."""
+    return image_index[:, None] == image_index[None, :]
+
+
+def batch_loss(
+    loss_fn: RankingLoss,
+    img: torch.Tensor,
+    txt: torch.Tensor,
+    image_index: torch.Tensor,
+    gather: bool = True,
+) -> torch.Tensor:
+    """The ranking loss over the global batch when `gather` and distributed, else over the local batch.
+
+    Every rank computes the same global loss; all_gather's backward sums the ranks' gradients into each
+    rank's rows (x world size) and DDP averages over ranks (/ world size), so the update equals one
+    worker with the whole batch.
+    """
+    if gather and is_distributed():
+        img, txt = gather_with_grad(img), gather_with_grad(txt)
+        image_index = gather_no_grad(image_index)
+    return loss_fn(img, txt, positive_mask(image_index))

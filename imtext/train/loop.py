@@ -1,0 +1,300 @@
+"""The one train loop. Ray Train runs `train_func` on every worker, Ray Tune runs it per trial, and
+`train_local` runs it in this process (tests, benchmarks, a laptop without Ray).
+
+`train.batch_size` is the *global* batch: each of N workers takes batch_size / N captions per step.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+
+from imtext.atomic import write_json
+from imtext.config import Config
+from imtext.data import load_pairs
+from imtext.errors import ImtextError
+from imtext.evaluate import evaluate
+from imtext.loss import RankingLoss
+from imtext.model import WEIGHTS_FILE, TwoBranch
+from imtext.text import Vocab
+from imtext.train.batches import FeatureLookup, PairDataset, SplitView, collate_pairs
+from imtext.train.distributed import batch_loss
+
+TRAIN_STATE_FILE = "train_state.pt"
+BEST_METRIC = "rsum"
+
+
+@dataclass
+class Setup:
+    """Everything a worker builds before its first step."""
+
+    config: Config
+    train: SplitView
+    val: SplitView
+    vocab: Vocab
+    features: FeatureLookup | None
+    model: TwoBranch
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def prepare(cfg: Config) -> Setup:
+    """Read the pairs, build the vocabulary from the training split only, and build the model."""
+    cfg.validate()
+    seed_everything(cfg.train.seed)
+    pairs = load_pairs(cfg.data.spec, splits=[cfg.data.train_split, cfg.data.val_split])
+    train = SplitView.from_table(pairs, cfg.data.train_split, cfg.data.max_train_pairs)
+    val = SplitView.from_table(pairs, cfg.data.val_split)
+    vocab = Vocab.build(train.captions, min_count=cfg.text.min_count)
+    features = None
+    if cfg.data.features:
+        from imtext.image.features import load_features
+
+        ids, matrix, _meta = load_features(cfg.data.features)
+        features = FeatureLookup(ids, matrix)
+        if cfg.image.finetune:
+            cfg.image.finetune = False  # precomputed features mean a frozen backbone, as in the paper
+    model = TwoBranch(cfg, vocab, feature_dim=features.dim if features else None)
+    return Setup(cfg, train, val, vocab, features, model)
+
+
+def make_optimizer(model: TwoBranch, cfg: Config) -> torch.optim.Optimizer:
+    groups = [{"params": model.head_parameters(), "lr": cfg.train.lr}]
+    backbone = model.backbone_parameters()
+    if backbone:
+        groups.append({"params": backbone, "lr": cfg.train.lr * cfg.train.backbone_lr_scale})
+    return torch.optim.AdamW(groups, weight_decay=cfg.train.weight_decay)
+
+
+def make_scheduler(opt: torch.optim.Optimizer, cfg: Config, steps_per_epoch: int):
+    total = max(1, cfg.train.epochs * steps_per_epoch)
+    warmup = min(steps_per_epoch, total // 10)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if cfg.train.lr_schedule == "constant":
+            return 1.0
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def loss_for_epoch(cfg: Config, epoch: int) -> RankingLoss:
+    """Sum over negatives while warming up, then the configured strategy (VSE++ collapses otherwise)."""
+    negatives = "all" if epoch < cfg.loss.warmup_epochs else cfg.loss.negatives
+    return RankingLoss(
+        margin=cfg.loss.margin,
+        negatives=negatives,
+        k=cfg.loss.topk,
+        weights=(cfg.loss.i2t_weight, cfg.loss.t2i_weight),
+    )
+
+
+def make_loader(setup: Setup, rank: int, world_size: int, device: torch.device) -> DataLoader:
+    cfg = setup.config
+    transform = None if setup.features else setup.model.image_preprocess(train=True)
+    dataset = PairDataset(setup.train, setup.model.featurizer, transform=transform, features=setup.features)
+    local_batch = max(2, cfg.train.batch_size // world_size)
+    if world_size > 1:
+        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=cfg.train.seed)
+    else:
+        sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(cfg.train.seed))
+    return DataLoader(
+        dataset,
+        batch_size=local_batch,
+        sampler=sampler,
+        drop_last=len(dataset) >= local_batch * world_size,
+        collate_fn=collate_pairs,
+        num_workers=cfg.train.loader_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=cfg.train.loader_workers > 0,
+    )
+
+
+def train_epoch(
+    model: torch.nn.Module,
+    loader: DataLoader,
+    loss_fn: RankingLoss,
+    opt: torch.optim.Optimizer,
+    sched,
+    cfg: Config,
+    device: torch.device,
+    max_steps: int = 0,
+) -> dict[str, float]:
+    """One pass over this worker's shard; returns mean loss, steps and samples/s."""
+    model.train()
+    autocast = device.type == "cuda" and cfg.train.amp
+    total, steps, samples = 0.0, 0, 0
+    start = time.perf_counter()
+    for batch in loader:
+        images = batch["images"].to(device, non_blocking=True)
+        if images.dim() == 4 and device.type == "cuda" and cfg.train.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        ids = batch["ids"].to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            img, txt = model(images, ids, batch["lengths"])
+        loss = batch_loss(loss_fn, img.float(), txt.float(), batch["image_index"].to(device), cfg.train.gather_negatives)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.train.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+        opt.step()
+        sched.step()
+        total += float(loss.detach())
+        steps += 1
+        samples += len(ids)
+        if max_steps and steps >= max_steps:
+            break
+    elapsed = time.perf_counter() - start
+    return {"loss": total / max(1, steps), "steps": steps, "samples_per_s": samples / max(elapsed, 1e-9)}
+
+
+def save_checkpoint(directory: Path, model: TwoBranch, opt, sched, epoch: int, metrics: dict) -> None:
+    model.save(directory, metrics=metrics)
+    state = {"epoch": epoch, "optimizer": opt.state_dict(), "scheduler": sched.state_dict()}
+    torch.save(state, directory / TRAIN_STATE_FILE)
+
+
+def restore_checkpoint(directory: Path, model: TwoBranch, opt, sched) -> int:
+    """Load weights and optimiser/scheduler state; returns the next epoch to run."""
+    from safetensors.torch import load_file
+
+    model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
+    state = torch.load(directory / TRAIN_STATE_FILE, weights_only=True, map_location="cpu")
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    return int(state["epoch"]) + 1
+
+
+class Run:
+    """One training run on one worker: built from a config, restorable, iterated epoch by epoch.
+
+    The three drivers below (Ray Train, a Tune trial, this process) differ only in how they report.
+    """
+
+    def __init__(self, cfg: Config, rank: int = 0, world: int = 1, device: torch.device | None = None):
+        self.rank, self.world = rank, world
+        self.device = device or torch.device("cpu")
+        self.setup = prepare(cfg)
+        self.cfg = self.setup.config
+        self.model = self.setup.model.to(self.device)
+        self.loader = make_loader(self.setup, rank, world, self.device)
+        if len(self.loader) == 0:
+            raise ImtextError("the training split is smaller than one batch; lower train.batch_size")
+        self.opt = make_optimizer(self.model, self.cfg)
+        self.sched = make_scheduler(self.opt, self.cfg, len(self.loader))
+        self.start_epoch = 0
+
+    def restore(self, directory: str | Path) -> None:
+        self.start_epoch = restore_checkpoint(Path(directory), self.model, self.opt, self.sched)
+
+    def save(self, directory: str | Path, epoch: int, metrics: dict[str, Any]) -> Path:
+        save_checkpoint(Path(directory), self.model, self.opt, self.sched, epoch, metrics)
+        return Path(directory)
+
+    def epochs(self, wrapped: torch.nn.Module | None = None, max_steps: int = 0) -> Iterator[dict[str, Any]]:
+        """Train epoch after epoch; rank 0 adds validation metrics (R@K, rsum) to what it yields."""
+        for epoch in range(self.start_epoch, self.cfg.train.epochs):
+            if isinstance(self.loader.sampler, DistributedSampler):
+                self.loader.sampler.set_epoch(epoch)
+            stats = train_epoch(
+                wrapped or self.model, self.loader, loss_for_epoch(self.cfg, epoch), self.opt, self.sched,
+                self.cfg, self.device, max_steps,
+            )
+            metrics = {"epoch": epoch, "lr": self.sched.get_last_lr()[0], **stats}
+            if self.rank == 0:
+                metrics.update(evaluate(self.model, self.setup.val, self.setup.features, device=self.device))
+            yield metrics
+
+
+# ---- the three ways the loop is driven -----------------------------------------------------------
+
+
+def train_func(loop_config: dict[str, Any]) -> None:
+    """Ray Train's `train_loop_per_worker` (also what a multi-worker Tune trial runs through TorchTrainer).
+
+    loop_config: {"config": Config.to_dict()}.
+    """
+    import ray.train
+    import ray.train.torch
+
+    cfg = Config.from_dict(loop_config["config"])
+    ctx = ray.train.get_context()
+    device = ray.train.torch.get_device() if cfg.train.use_gpu else torch.device("cpu")
+    torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
+    run = Run(cfg, ctx.get_world_rank(), ctx.get_world_size(), device)
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            run.restore(d)
+    wrapped = ray.train.torch.prepare_model(run.model, move_to_device=False) if run.world > 1 else run.model
+    if cfg.train.compile:
+        wrapped = torch.compile(wrapped)
+    for metrics in run.epochs(wrapped):
+        if run.rank == 0:
+            with tempfile.TemporaryDirectory() as tmp:
+                run.save(Path(tmp) / "model", metrics["epoch"], metrics)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(Path(tmp) / "model"))
+        else:
+            ray.train.report(metrics, checkpoint=None)
+
+
+def trial_config(config: dict[str, Any]) -> Config:
+    """A Tune trial's config: {"base": Config.to_dict(), "params": {"section.key": sampled value}}."""
+    return Config.from_dict(config["base"]).override(dict(config.get("params", {})))
+
+
+def tune_trial(config: dict[str, Any]) -> None:
+    """A single-worker Tune trial: the same loop as a plain function trainable (what Ray 2.60 recommends
+    when one worker is enough); reports every epoch so ASHA can stop poor trials early."""
+    import ray.tune
+
+    cfg = trial_config(config)
+    torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
+    device = torch.device("cuda" if cfg.train.use_gpu and torch.cuda.is_available() else "cpu")
+    run = Run(cfg, device=device)
+    checkpoint = ray.tune.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            run.restore(d)
+    for metrics in run.epochs():
+        with tempfile.TemporaryDirectory() as tmp:
+            run.save(Path(tmp) / "model", metrics["epoch"], metrics)
+            ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(Path(tmp) / "model"))
+
+
+def train_local(
+    cfg: Config, on_epoch: Callable[[dict[str, Any]], None] | None = None, max_steps: int = 0
+) -> tuple[TwoBranch, list[dict[str, Any]]]:
+    """The same loop in this process, without Ray. Saves the best epoch (by validation rsum) to train.out."""
+    device = torch.device("cuda" if cfg.train.use_gpu and torch.cuda.is_available() else "cpu")
+    run = Run(cfg, device=device)
+    history: list[dict[str, Any]] = []
+    for metrics in run.epochs(max_steps=max_steps):
+        history.append(metrics)
+        if on_epoch:
+            on_epoch(metrics)
+        if run.cfg.train.out and metrics is best_metrics(history):
+            run.model.save(run.cfg.train.out)
+    if run.cfg.train.out and history:
+        write_json(Path(run.cfg.train.out) / "metrics.json", {"best": best_metrics(history), "history": history})
+    return run.model, history
+
+
+def best_metrics(history: list[dict[str, Any]]) -> dict[str, Any]:
+    return max(history, key=lambda m: m.get(BEST_METRIC, -1.0)) if history else {}

@@ -1,0 +1,103 @@
+"""Ray Train wiring: `train_func` on N workers under TorchTrainer, the best k checkpoints kept by validation
+rsum, restore after worker failures, resume of an interrupted run, and the best checkpoint copied out as the
+model directory."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from imtext.atomic import atomic_dir, write_json
+from imtext.config import Config
+from imtext.errors import ImtextError
+from imtext.train.loop import BEST_METRIC, TRAIN_STATE_FILE, train_func
+
+
+def run_paths(cfg: Config) -> tuple[str, str]:
+    """(storage_path, name) of the Ray Train run behind `train.out`; a rerun with both restores it."""
+    out = Path(cfg.train.out).resolve()
+    storage = Path(cfg.train.storage_path).resolve() if cfg.train.storage_path else out.parent / "ray_results"
+    return str(storage), cfg.train.name or out.name
+
+
+def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Connect to `address` (or RAY_ADDRESS); with neither, start a local Ray for this process."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address)
+    else:
+        # Declaring a few more logical CPUs than cores keeps Train's controller and workers from waiting
+        # on each other on a 2-core machine (see the field notes).
+        ray.init(num_cpus=num_cpus or max(4, (os.cpu_count() or 1) * 2), include_dashboard=False)
+
+
+def fit(cfg: Config, resume: bool = False, address: str | None = None, callbacks: list | None = None):
+    """Run training under TorchTrainer and write the best checkpoint to `train.out`. Returns the Result."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    cfg.validate()
+    if cfg.train.workers < 1:
+        raise ImtextError("Ray Train needs train.workers >= 1 (use --workers 0 for the plain in-process loop)")
+    storage, name = run_paths(cfg)
+    run_dir = Path(storage) / name
+    if run_dir.exists() and not resume:
+        shutil.rmtree(run_dir)  # a fresh run; `--resume` continues the old one instead
+    elif resume and not run_dir.exists():
+        raise ImtextError(f"nothing to resume: no Ray Train run at {run_dir}")
+    ensure_ray(address)
+    resources = {"CPU": cfg.train.cpus_per_worker}
+    if cfg.train.use_gpu:
+        resources["GPU"] = 1
+    trainer = TorchTrainer(
+        train_func,
+        train_loop_config={"config": cfg.to_dict()},
+        scaling_config=ScalingConfig(
+            num_workers=cfg.train.workers, use_gpu=cfg.train.use_gpu, resources_per_worker=resources
+        ),
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage,
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=cfg.train.num_to_keep,
+                checkpoint_score_attribute=BEST_METRIC,
+                checkpoint_score_order="max",
+            ),
+            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+            callbacks=callbacks or None,
+        ),
+    )
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    export_best(result, cfg.train.out)
+    return result
+
+
+def export_best(result, out: str | Path) -> Path:
+    """Copy the best checkpoint (by validation rsum) into the model-artifact format at `out`."""
+    best = result.get_best_checkpoint(metric=BEST_METRIC, mode="max") or result.checkpoint
+    if best is None:
+        raise ImtextError("training reported no checkpoint; nothing to export")
+    history = _history(result)
+    with best.as_directory() as src, atomic_dir(out) as tmp:
+        for item in Path(src).iterdir():
+            if item.name != TRAIN_STATE_FILE:
+                shutil.copy2(item, tmp / item.name)
+        best_row = max(history, key=lambda m: m.get(BEST_METRIC, -1.0)) if history else {}
+        write_json(tmp / "metrics.json", {"best": best_row, "history": history, "ray_run": str(result.path)})
+    return Path(out)
+
+
+def _history(result) -> list[dict[str, Any]]:
+    df = result.metrics_dataframe
+    if df is None or df.empty:
+        return [result.metrics] if result.metrics else []
+    keep = [c for c in df.columns if not c.startswith(("config", "_")) and "/" not in c]
+    return df[keep].sort_values("epoch").to_dict(orient="records") if "epoch" in df else []

@@ -1,0 +1,91 @@
+"""Negatives across the global batch: 2 DDP workers with B/2 each must give the loss and gradients of one
+worker with batch B (the all-gather keeps gradients). Run on two gloo processes, without Ray."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch import nn
+
+from imtext.loss import RankingLoss
+from imtext.train.distributed import batch_loss
+
+B, D_IN, D = 8, 6, 4
+
+
+class Pair(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.img = nn.Linear(D_IN, D)
+        self.txt = nn.Linear(D_IN, D)
+
+    def forward(self, x, y):
+        return F.normalize(self.img(x), dim=-1), F.normalize(self.txt(y), dim=-1)
+
+
+def _data():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(B, D_IN, generator=g), torch.randn(B, D_IN, generator=g)
+    index = torch.tensor([0, 1, 2, 3, 3, 4, 5, 6])  # one image twice: a positive, never a negative
+    return x, y, index
+
+
+def _single(strategy: str, gather: bool):
+    torch.manual_seed(0)
+    model = Pair()
+    x, y, index = _data()
+    img, txt = model(x, y)
+    loss = batch_loss(RankingLoss(0.2, strategy, k=2), img, txt, index, gather=gather)
+    loss.backward()
+    return float(loss.detach()), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def _worker(rank: int, world: int, port: int, strategy: str, gather: bool, out: dict) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    model = nn.parallel.DistributedDataParallel(Pair())
+    x, y, index = _data()
+    rows = slice(rank * B // world, (rank + 1) * B // world)
+    img, txt = model(x[rows], y[rows])
+    loss = batch_loss(RankingLoss(0.2, strategy, k=2), img, txt, index[rows], gather=gather)
+    loss.backward()
+    if rank == 0:
+        out["loss"] = float(loss.detach())
+        out["grads"] = {n.removeprefix("module."): p.grad.clone() for n, p in model.named_parameters()}
+    dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _distributed(strategy: str, gather: bool):
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_worker, args=(2, _free_port(), strategy, gather, out), nprocs=2, join=True)
+        return out["loss"], dict(out["grads"])
+
+
+@pytest.mark.parametrize("strategy", ["hardest", "all"])
+def test_two_workers_with_gather_equal_one_big_batch(strategy):
+    loss_1, grads_1 = _single(strategy, gather=True)
+    loss_2, grads_2 = _distributed(strategy, gather=True)
+    assert loss_2 == pytest.approx(loss_1, rel=1e-5, abs=1e-6)
+    for name, g in grads_1.items():
+        torch.testing.assert_close(grads_2[name], g, rtol=1e-4, atol=1e-6, msg=f"gradient of {name}")
+
+
+def test_without_gather_workers_see_only_local_negatives():
+    """The flag matters: local-batch hardest negatives give a different (easier) loss."""
+    loss_1, _ = _single("hardest", gather=True)
+    loss_local, _ = _distributed("hardest", gather=False)
+    assert abs(loss_local - loss_1) > 1e-4

@@ -1,0 +1,201 @@
+"""The synthetic world: deterministic, the promised splits and counts, captions true of their images,
+and an `order` split that a bag of words cannot solve."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imtext.data import PAIRS_SCHEMA, load_pairs, split_names
+from imtext.data.synth import COLORS, PLURALS, SHAPES, describe_world, generate, read_scenes
+from imtext.errors import DataError
+
+N, PAIRS, SIZE = 200, 20, 64
+NUM = {"one": 1, "two": 2, "three": 3}
+SHAPE_OF = {**{s: s for s in SHAPES}, **{p: s for s, p in PLURALS.items()}}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    return generate(
+        tmp_path_factory.mktemp("synth") / "w", n_images=N, seed=3, image_size=SIZE, order_pairs=PAIRS
+    )
+
+
+@pytest.fixture(scope="module")
+def table(world):
+    return load_pairs(f"synth:{world}")
+
+
+@pytest.fixture(scope="module")
+def scenes(world) -> dict[str, dict]:
+    return {s["image"].rsplit(".", 1)[0]: s for s in read_scenes(world)}
+
+
+def _captions_by_image(table) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = defaultdict(list)
+    for r in sorted(table.to_pylist(), key=lambda r: r["caption_id"]):
+        out[r["image_id"]].append(r["caption"])
+    return out
+
+
+def _image_bytes(world: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((world / "images").iterdir())}
+
+
+def test_same_seed_same_bytes_other_seed_differs(world, tmp_path):
+    again = generate(tmp_path / "again", n_images=N, seed=3, image_size=SIZE, order_pairs=PAIRS)
+    for name in ("captions.jsonl", "scenes.jsonl", "synth.json"):
+        assert (again / name).read_bytes() == (world / name).read_bytes()
+    assert _image_bytes(again) == _image_bytes(world)
+
+    other = generate(tmp_path / "other", n_images=N, seed=4, image_size=SIZE, order_pairs=PAIRS)
+    assert (other / "captions.jsonl").read_bytes() != (world / "captions.jsonl").read_bytes()
+    a, b = _image_bytes(world), _image_bytes(other)
+    assert a.keys() == b.keys()
+    assert sum(a[k] != b[k] for k in a) > 0.95 * len(a)
+
+
+def test_regenerating_replaces_the_world_but_never_foreign_folders(tmp_path):
+    out = generate(tmp_path / "w", n_images=5, seed=0, order_pairs=1)
+    assert len(list((out / "images").iterdir())) == 7
+    generate(out, n_images=3, seed=0, order_pairs=0)  # an earlier world is replaced as a whole
+    assert sorted(p.name for p in (out / "images").iterdir()) == [
+        "img_00000.png",
+        "img_00001.png",
+        "img_00002.png",
+    ]
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("precious")
+    with pytest.raises(DataError, match="not empty and not a synthetic world"):
+        generate(tmp_path / "mine", n_images=3)
+    assert (tmp_path / "mine" / "thesis.tex").read_text() == "precious"
+
+
+def test_counts_per_split_and_five_captions_each(world, table):
+    meta = json.loads((world / "synth.json").read_text())
+    assert meta["images"] == {"train": 160, "val": 20, "test": 20, "order": 40}
+    assert (meta["seed"], meta["image_size"], meta["version"]) == (3, SIZE, 1)
+    assert table.schema.equals(PAIRS_SCHEMA)
+    assert split_names(table) == ["train", "val", "test", "order"]
+    for image_id, n in Counter(table.column("image_id").to_pylist()).items():
+        assert n == 5, image_id
+    image_split = set(zip(table.column("image_id").to_pylist(), table.column("split").to_pylist()))
+    images_per_split = Counter(split for _, split in image_split)
+    assert images_per_split == {"train": 160, "val": 20, "test": 20, "order": 40}
+    assert len(list((world / "images").iterdir())) == 240
+    caps = _captions_by_image(table)
+    assert all(len(set(c)) == 5 for c in caps.values())  # five different sentences per image
+    with Image.open(table.column("image_path")[0].as_py()) as im:
+        assert im.size == (SIZE, SIZE) and im.mode == "RGB"
+
+
+def test_order_pairs_share_word_bags_but_not_images(world, table, scenes):
+    caps = _captions_by_image(table)
+    order_ids = sorted(i for i in caps if i.startswith("order_"))
+    assert len(order_ids) == 2 * PAIRS
+    for p in range(PAIRS):
+        a, b = f"order_{p:04d}_a", f"order_{p:04d}_b"
+        assert scenes[a]["pair"] == scenes[b]["pair"] == p
+        for ca, cb in zip(caps[a], caps[b]):
+            assert Counter(ca.split()) == Counter(cb.split()) and ca != cb
+        words = {w for c in caps[a] + caps[b] for w in c.split()}
+        assert not words & {"right", "below", "under", "beneath"}  # one relation vocabulary in the split
+        same = [(o["color"], o["shape"], o["size"], o["rgb"]) for o in scenes[a]["objects"]]
+        assert same == [(o["color"], o["shape"], o["size"], o["rgb"]) for o in scenes[b]["objects"]]
+        assert len({(c, s) for c, s, *_ in same}) == 2
+        pa_ = np.asarray(Image.open(world / "images" / f"{a}.png"))
+        pb = np.asarray(Image.open(world / "images" / f"{b}.png"))
+        assert np.abs(pa_.astype(int) - pb.astype(int)).sum() > 0
+
+
+def _colours_in(pixels: np.ndarray) -> set[str]:
+    """Palette colours with at least 8 pixels within the shade jitter of their base colour."""
+    flat = pixels.reshape(-1, 3).astype(int)
+    return {
+        name for name, rgb in COLORS.items() if (np.linalg.norm(flat - np.array(rgb), axis=1) < 40).sum() >= 8
+    }
+
+
+def test_colour_words_match_pixels(world, table, scenes):
+    caps = _captions_by_image(table)
+    for image_id, captions in caps.items():
+        pixels = np.asarray(Image.open(world / "images" / f"{image_id}.png").convert("RGB"))
+        present = _colours_in(pixels)
+        assert present == {o["color"] for o in scenes[image_id]["objects"]}, image_id
+        said = {w for c in captions for w in c.split() if w in COLORS}
+        assert said and said <= present, (image_id, captions, present)
+
+
+def _find(scene: dict, words: list[str]) -> list[dict]:
+    """Objects matching the last colour and shape word in `words`."""
+    color = next(w for w in reversed(words) if w in COLORS)
+    shape = next(SHAPE_OF[w] for w in reversed(words) if w in SHAPE_OF)
+    return [o for o in scene["objects"] if o["color"] == color and o["shape"] == shape]
+
+
+def test_relation_and_count_captions_are_true(table, scenes):
+    checked = Counter()
+    for image_id, captions in _captions_by_image(table).items():
+        scene = scenes[image_id]
+        for cap in captions:
+            w = cap.split()
+            rel = None
+            for i, word in enumerate(w):
+                if word in ("left", "right") and i + 1 < len(w) and w[i + 1] == "of":
+                    rel, left, right = word, w[:i], w[i + 2 :]
+                elif word in ("above", "over", "below", "under", "beneath"):
+                    rel, left, right = word, w[:i], w[i + 1 :]
+            if rel:
+                (x,), (y,) = _find(scene, left), _find(scene, list(reversed(right)))
+                if rel == "left":
+                    assert x["cx"] + 6 <= y["cx"], cap
+                elif rel == "right":
+                    assert x["cx"] >= y["cx"] + 6, cap
+                elif rel in ("above", "over"):
+                    assert x["cy"] + 6 <= y["cy"], cap
+                else:
+                    assert x["cy"] >= y["cy"] + 6, cap
+                checked["relation"] += 1
+            for i, word in enumerate(w):
+                if word in NUM and i + 1 < len(w) and w[i + 1] not in ("shapes", "objects", "shape"):
+                    noun = next(j for j in range(i + 1, len(w)) if w[j] in SHAPE_OF)
+                    assert len(_find(scene, w[i : noun + 1])) == NUM[word], cap
+                    checked["count"] += 1
+                if word in ("shapes", "objects") and w[i - 1] in NUM:
+                    assert len(scene["objects"]) == NUM[w[i - 1]], cap
+                    checked["total"] += 1
+    assert checked["relation"] > 300 and checked["count"] > 50 and checked["total"] > 5
+
+
+def test_positions_are_true(table, scenes):
+    n = 0
+    for r in table.to_pylist():
+        cap, scene = r["caption"], scenes[r["image_id"]]
+        for phrase, ok in (
+            ("on the left", lambda o: o["cx"] <= 0.35 * SIZE),
+            ("at the top", lambda o: o["cy"] <= 0.35 * SIZE),
+            ("in the middle", lambda o: abs(o["cx"] - SIZE / 2) <= 0.1 * SIZE),
+        ):
+            if phrase in cap and f"{phrase} of" not in cap:
+                head = cap.split(phrase)[0].split() or cap.split(phrase)[1].split()
+                assert all(ok(o) for o in _find(scene, head)), cap
+                n += 1
+    assert n > 20
+
+
+def test_generate_rejects_bad_arguments(tmp_path):
+    with pytest.raises(DataError, match="image_size"):
+        generate(tmp_path / "w", n_images=2, image_size=16)
+    with pytest.raises(DataError, match="at least one image"):
+        generate(tmp_path / "w", n_images=0, order_pairs=0)
+
+
+def test_describe_world_names_the_vocabulary():
+    text = describe_world()
+    assert all(c in text for c in COLORS) and all(s in text for s in SHAPES) and "order" in text
