@@ -73,7 +73,8 @@ def _load_config(args: argparse.Namespace):
 def cmd_data_synth(args: argparse.Namespace) -> int:
     from imtext.data.synth import generate
 
-    out = generate(args.out, n_images=args.images, seed=args.seed, image_size=args.image_size)
+    order_pairs = args.order_pairs if args.order_pairs is not None else max(1, args.images // 10)
+    out = generate(args.out, n_images=args.images, seed=args.seed, image_size=args.image_size, order_pairs=order_pairs)
     return cmd_data_show(argparse.Namespace(data=f"synth:{out}"))
 
 
@@ -88,7 +89,7 @@ def cmd_data_show(args: argparse.Namespace) -> int:
     for split in sorted(set(splits)):
         n_img = len({i for i, s in zip(images, splits) if s == split})
         rows.append([split, n_img, splits.count(split)])
-    print_table(f"pairs in {args.data}", ["split", "images", "captions"], rows)
+    print_table(args.data, ["split", "images", "captions"], rows)
     return 0
 
 
@@ -190,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
             "Start with `imtext demo`; every stage is also a command of its own."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Each command has its own --help. Datasets are named " + DATA_HELP + ".",
+        epilog="Each command has its own --help. Datasets: " + DATA_HELP + ".",
     )
     parser.add_argument("--version", action="version", version=f"imtext {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -207,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--images", type=int, default=2000, help="number of scenes (default 2000)")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--image-size", type=int, default=64)
+    synth.add_argument("--order-pairs", type=int, help="mirrored scene pairs in the `order` split (default images/10)")
     synth.set_defaults(func=cmd_data_synth)
     show = dsub.add_parser("show", help="count images and captions per split")
     show.add_argument("--data", required=True, metavar="KIND:PATH", help=DATA_HELP)

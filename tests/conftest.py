@@ -74,7 +74,7 @@ def ray_session():
 
     # More logical CPUs than cores: Train's controller, its workers and Serve's actors would otherwise
     # wait on each other on a 2-core machine.
-    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     try:
         from ray import serve

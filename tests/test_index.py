@@ -267,6 +267,20 @@ def test_add_then_search_matches_brute_force_and_persists(tmp_path) -> None:
     np.testing.assert_array_equal(back.search(q, 12)[1], index.search(q, 12)[1])
     np.testing.assert_array_equal(back.add(gaussian(1, 16, 15)), [560])  # next_id survives a reload
 
+    # saving back in place rewrites only the changed (last) shard, and the manifest
+    first = (tmp_path / "idx" / "shard-000.faiss").stat()
+    last = (tmp_path / "idx" / "shard-002.faiss").read_bytes()
+    back.save(tmp_path / "idx")
+    assert (tmp_path / "idx" / "shard-000.faiss").stat().st_ino == first.st_ino
+    assert (tmp_path / "idx" / "shard-002.faiss").read_bytes() != last
+    again = ShardedIndex.load(tmp_path / "idx")
+    assert again.ntotal == 251 and again.manifest["shards"][2]["count"] == 26
+
+    # a smaller index saved over a bigger one leaves no stale shard files behind
+    ShardedIndex.build(x, np.arange(150), shards=1).save(tmp_path / "idx")
+    assert sorted(p.name for p in (tmp_path / "idx").iterdir()) == ["manifest.json", "shard-000.faiss"]
+    assert ShardedIndex.load(tmp_path / "idx").ntotal == 150
+
 
 def test_remove_on_flat_and_ivf_then_refusals(tmp_path) -> None:
     x, q = gaussian(100, 16, 16), gaussian(6, 16, 17)
@@ -417,6 +431,9 @@ def test_bad_inputs_are_clear_errors() -> None:
         ShardedIndex.build(bad, np.arange(40))
     bad[7] = 0
     with pytest.raises(ImtextError, match="row 7 is all zeros"):
+        ShardedIndex.build(bad, np.arange(40))
+    bad[7] = 1e30  # squares overflow float32: normalising would give garbage
+    with pytest.raises(ImtextError, match="row 7 has a norm too large"):
         ShardedIndex.build(bad, np.arange(40))
     with pytest.raises(ImtextError, match=r"asks for 256 IVF lists but only 40 training vectors.*IVF25"):
         ShardedIndex.build(x, np.arange(40), factory="IVF256,Flat")

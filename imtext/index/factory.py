@@ -135,7 +135,7 @@ def share_one_quantizer(shards: list[faiss.Index]) -> bool:
 
 
 def search_shared_coarse(
-    shards: list[faiss.Index], queries: np.ndarray, k: int, nprobe: int | None
+    shards: list[faiss.Index], queries: np.ndarray, k: int, params: Any
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Search IVF shards that share one quantizer: rank the centroids once, then scan each shard's lists.
 
@@ -143,9 +143,9 @@ def search_shared_coarse(
     1M vectors is as much work as scanning the lists, so 4 shards would cost about 2.5x one.
     """
     first = shards[0]
-    probe = min(int(nprobe if nprobe is not None else first.nprobe), first.nlist)
-    coarse_dis, assign = first.quantizer.search(queries, probe)
-    params = faiss.SearchParametersIVF(nprobe=probe)  # per call: never touches index.nprobe
+    if params is None:  # per-call parameters: never touch index.nprobe
+        params = faiss.SearchParametersIVF(nprobe=first.nprobe)
+    coarse_dis, assign = first.quantizer.search(queries, params.nprobe)
     n = len(queries)
     out = []
     for shard in shards:

@@ -47,18 +47,21 @@ def merge_topk(
             raise ImtextError(f"shard results answer different numbers of queries ({nq} and {s.shape[0]})")
         nq = s.shape[0]
     assert nq is not None
-    scores = np.concatenate([np.asarray(s, dtype=np.float32) for s in score_lists], axis=1)
-    ids = np.concatenate([np.asarray(i, dtype=np.int64) for i in id_lists], axis=1)
-    scores = np.where(ids < 0, np.float32(-np.inf), scores)
+    scores = np.concatenate(score_lists, axis=1, dtype=np.float32)
+    ids = np.concatenate(id_lists, axis=1, dtype=np.int64)
+    empty = ids < 0
+    if empty.any():
+        scores = np.where(empty, np.float32(-np.inf), scores)
+    rows = np.arange(nq)[:, None]
     if scores.shape[1] > _FULL_SORT_MAX and scores.shape[1] > k:
         # column order kept (sorted) so the stable sort below still breaks ties by shard, then rank
         keep = np.sort(np.argpartition(-scores, k - 1, axis=1)[:, :k], axis=1)
-        scores = np.take_along_axis(scores, keep, axis=1)
-        ids = np.take_along_axis(ids, keep, axis=1)
+        scores, ids = scores[rows, keep], ids[rows, keep]
     order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    out_scores, out_ids = empty_result(nq, k)
-    width = order.shape[1]
-    out_scores[:, :width] = np.take_along_axis(scores, order, axis=1)
-    out_ids[:, :width] = np.take_along_axis(ids, order, axis=1)
-    out_ids[out_scores == -np.inf] = -1
-    return out_scores, out_ids
+    top_scores, top_ids = scores[rows, order], ids[rows, order]
+    if top_scores.shape[1] < k:  # fewer candidates than k in all: pad
+        pad_scores, pad_ids = empty_result(nq, k - top_scores.shape[1])
+        top_scores = np.concatenate([top_scores, pad_scores], axis=1)
+        top_ids = np.concatenate([top_ids, pad_ids], axis=1)
+    top_ids[top_scores == -np.inf] = -1
+    return top_scores, top_ids

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import re
+import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,7 +27,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from imtext.atomic import atomic_path
+from imtext.atomic import atomic_dir, atomic_path
 from imtext.errors import ImtextError
 from imtext.index import factory as fx
 from imtext.index.manifest import (
@@ -61,17 +62,23 @@ def _as_matrix(x: Any, what: str) -> np.ndarray:
 
 
 def _check_rows(x: np.ndarray, what: str) -> None:
-    """Refuse NaN/inf and all-zero rows (cosine is undefined for them); chunked to bound memory."""
+    """Refuse NaN/inf and all-zero rows (cosine is undefined for them); chunked to bound memory.
+
+    One pass over squared norms finds every bad row (NaN, inf and overflow give a non-finite norm,
+    zeros give 0); the slower checks only run to name the problem.
+    """
     for a in range(0, len(x), _CHUNK):
         c = x[a : a + _CHUNK]
-        bad = ~np.isfinite(c).all(axis=1)
-        if bad.any():
-            raise ImtextError(f"{what} row {a + int(np.flatnonzero(bad)[0])} holds NaN or inf")
-        zero = ~c.any(axis=1)
-        if zero.any():
-            raise ImtextError(
-                f"{what} row {a + int(np.flatnonzero(zero)[0])} is all zeros: cosine is undefined"
-            )
+        sq = np.einsum("ij,ij->i", c, c)
+        good = (sq > 0) & (sq < np.inf)
+        if good.all():
+            continue
+        row = int(np.flatnonzero(~good)[0])
+        if not np.isfinite(c[row]).all():
+            raise ImtextError(f"{what} row {a + row} holds NaN or inf")
+        if not c[row].any():
+            raise ImtextError(f"{what} row {a + row} is all zeros: cosine is undefined")
+        raise ImtextError(f"{what} row {a + row} has a norm too large or too small for float32")
 
 
 def _normalised(x: np.ndarray) -> np.ndarray:
@@ -109,6 +116,21 @@ def _progress(total: int, label: str, show: bool | None) -> Iterator[Callable[[i
     ) as bar:
         task = bar.add_task(label, total=total)
         yield lambda n: bar.advance(task, n)
+
+
+@contextlib.contextmanager
+def _status(message: str, show: bool | None, total: int) -> Iterator[None]:
+    """A spinner with a clock for steps without a count (training), under the same rule as _progress."""
+    if not (show if show is not None else total >= _PROGRESS_MIN):
+        yield
+        return
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    start = time.perf_counter()
+    with console.status(message):
+        yield
+    console.print(f"{message}: {time.perf_counter() - start:.1f}s")
 
 
 def _add_chunked(
@@ -196,7 +218,8 @@ class ShardedIndex:
             pick = (
                 np.arange(n) if m == n else np.sort(np.random.default_rng(seed).choice(n, m, replace=False))
             )
-            fx.train(template, _normalised(x[pick]), factory)
+            with _status(f"training {factory} on {m} vectors", progress, n):
+                fx.train(template, _normalised(x[pick]), factory)
 
         edges = [n * s // shards for s in range(shards + 1)]
         built: list[faiss.Index] = []
@@ -307,17 +330,17 @@ class ShardedIndex:
         q = _normalised(q)
         nq = len(q)
         k = int(k)
-        params = [fx.search_params(index, nprobe, ef_search) for index in self._shards]  # validates too
+        params = fx.search_params(self._shards[0], nprobe, ef_search)  # one factory: valid for every shard
         if nq == 0:
             return empty_result(0, k)
         if self._shared_coarse is None:
             self._shared_coarse = fx.share_one_quantizer(self._shards)
         if self._shared_coarse:
-            results = fx.search_shared_coarse(self._shards, q, k, nprobe)
-        else:
+            results = fx.search_shared_coarse(self._shards, q, k, params)
+        else:  # a params object is only read during search, so one serves every shard
             results = [
-                index.search(q, min(k, int(index.ntotal)), params=p)
-                for index, p in zip(self._shards, params)
+                index.search(q, min(k, int(index.ntotal)), params=params)
+                for index in self._shards
                 if index.ntotal > 0
             ]
         scores = [d for d, _ in results]
@@ -333,27 +356,40 @@ class ShardedIndex:
     # ---- saving and loading ---------------------------------------------------------------------
 
     def save(self, folder: str | Path) -> Path:
-        """Write shard-000.faiss ... (each atomically) and then manifest.json (atomically, last).
+        """Write shard-000.faiss ... and manifest.json, each atomically, the manifest last.
 
-        Saving back into the folder it was loaded from rewrites only the shards that changed.
+        A new folder appears whole or not at all (written beside it, then renamed). Saving into an
+        existing folder replaces file by file; saving back where it was loaded from rewrites only the
+        shards that changed.
         """
         if self._partial:
+            assert self._disk_manifest is not None
             raise ImtextError(
                 f"this object holds shard {self._numbers} of {len(self._disk_manifest['shards'])} only; "
                 f"load the whole index (without shard=) to save it"
             )
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        same = self._source is not None and folder.resolve() == self._source.resolve()
+        if folder.exists():
+            same = self._source is not None and folder.resolve() == self._source.resolve()
+            manifest = self._write(folder, reuse=same)
+        else:
+            with atomic_dir(folder) as tmp:
+                manifest = self._write(tmp, reuse=False)
+        self._dirty.clear()
+        self._numbers = list(range(len(self._shards)))
+        self._source = folder
+        self._disk_manifest = manifest
+        return folder
+
+    def _write(self, folder: Path, reuse: bool) -> dict[str, Any]:
         for pos, index in enumerate(self._shards):
             path = folder / shard_file(pos)
-            if same and pos not in self._dirty and self._sha[pos] is not None and path.is_file():
+            if reuse and pos not in self._dirty and self._sha[pos] is not None and path.is_file():
                 continue
             with atomic_path(path) as tmp:
                 faiss.write_index(index, str(tmp))
                 self._sha[pos] = sha256_file(tmp)
-        self._dirty.clear()
-        self._numbers = list(range(len(self._shards)))
+            self._dirty.discard(pos)
         manifest = self.manifest
         manifest["saved"] = _now()
         write_manifest(folder, manifest)
@@ -361,9 +397,7 @@ class ShardedIndex:
         for stale in folder.iterdir():  # shards of an earlier, bigger index in the same folder
             if _SHARD_RE.match(stale.name) and stale.name not in keep:
                 stale.unlink()
-        self._source = folder
-        self._disk_manifest = manifest
-        return folder
+        return manifest
 
     @classmethod
     def load(

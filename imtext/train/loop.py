@@ -216,7 +216,8 @@ class Run:
                 wrapped or self.model, self.loader, loss_for_epoch(self.cfg, epoch), self.opt, self.sched,
                 self.cfg, self.device, max_steps,
             )
-            metrics = {"epoch": epoch, "lr": self.sched.get_last_lr()[0], **stats}
+            # start_epoch shows where this attempt began: after a restore it is the checkpoint's epoch + 1
+            metrics = {"epoch": epoch, "start_epoch": self.start_epoch, "lr": self.sched.get_last_lr()[0], **stats}
             if self.rank == 0:
                 metrics.update(evaluate(self.model, self.setup.val, self.setup.features, device=self.device))
             yield metrics

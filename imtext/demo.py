@@ -1,0 +1,173 @@
+"""`imtext demo`: the whole chain on an embedded default, each stage reused on a second run unless --fresh.
+
+    synthetic world (or --data coco:DIR with EfficientNet-Lite0 features)
+      -> Ray Train on a local Ray -> R@K table -> sharded index (Ray Data) -> Ray Serve + the search page
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from imtext.config import Config
+from imtext.report import console, print_metrics, print_table
+
+
+@dataclass
+class DemoPlan:
+    """What the demo makes and where; `--tiny` shrinks every stage to a minute."""
+
+    workdir: Path
+    data_spec: str
+    synth: bool
+    tiny: bool
+    config: Config = field(default_factory=Config)
+
+    @property
+    def model_dir(self) -> Path:
+        return self.workdir / "model"
+
+    @property
+    def index_dir(self) -> Path:
+        return self.workdir / "index"
+
+    @property
+    def features_path(self) -> Path:
+        return self.workdir / "features.parquet"
+
+
+def plan(args: argparse.Namespace) -> DemoPlan:
+    workdir = Path(args.workdir).resolve()
+    synth = not args.data
+    spec = args.data or f"synth:{workdir / 'synth'}"
+    p = DemoPlan(workdir, spec, synth, args.tiny)
+    overrides: dict = {"data.spec": spec, "train.out": str(p.model_dir), "train.workers": 1}
+    if synth:
+        overrides.update({"train.epochs": 2 if args.tiny else 8})
+        if args.tiny:
+            overrides.update({"text.hidden_dim": 64, "model.embed_dim": 64, "model.mlp_hidden": 128, "loss.warmup_epochs": 1})
+    else:
+        # Real photos: a frozen ImageNet backbone (works offline), features pooled once, MLP heads trained.
+        overrides.update({
+            "image.backbone": "efficientnet_lite0", "image.finetune": False, "data.features": str(p.features_path),
+            "data.val_split": "val", "train.epochs": 3 if args.tiny else 30, "train.batch_size": 64,
+            "train.lr": 1e-3, "text.model": "gru", "loss.warmup_epochs": 5,
+        })
+    p.config = Config().override(overrides).validate()
+    return p
+
+
+def _stage(name: str, done: bool, fresh: bool) -> bool:
+    """True when the stage must run; says so either way."""
+    if done and not fresh:
+        console.print(f"[bold]{name}[/bold]: reusing what exists (--fresh rebuilds)")
+        return False
+    console.print(f"[bold cyan]{name}[/bold cyan] ...")
+    return True
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    p = plan(args)
+    p.workdir.mkdir(parents=True, exist_ok=True)
+    fresh = args.fresh
+    started = time.perf_counter()
+    timings: list[list] = []
+
+    def timed(stage: str, t0: float) -> None:
+        timings.append([stage, f"{time.perf_counter() - t0:.1f} s"])
+
+    # 1. data
+    t0 = time.perf_counter()
+    if p.synth:
+        world = p.workdir / "synth"
+        if _stage("data: synthetic world", (world / "synth.json").is_file(), fresh):
+            from imtext.data.synth import generate
+
+            if world.exists():
+                shutil.rmtree(world)
+            generate(world, n_images=300 if p.tiny else 2000, seed=0, order_pairs=30 if p.tiny else 200)
+    else:
+        from imtext.data import load_pairs
+
+        load_pairs(p.data_spec)  # fail early, with the loader's own message, on a bad dataset
+        if _stage("features: EfficientNet-Lite0 over every photo", p.features_path.is_file(), fresh):
+            from imtext.image.features import compute_features
+
+            compute_features(load_pairs(p.data_spec), backbone="efficientnet_lite0", weights="default",
+                             image_size=224, out_path=p.features_path)
+    timed("data", t0)
+
+    # 2. train on Ray
+    t0 = time.perf_counter()
+    if _stage("train: Ray Train, 1 worker", (p.model_dir / "weights.safetensors").is_file(), fresh):
+        from imtext.train.ray_train import ensure_ray, fit
+
+        ensure_ray()
+        fit(p.config)
+    timed("train", t0)
+
+    # 3. evaluate
+    t0 = time.perf_counter()
+    console.print("[bold cyan]eval[/bold cyan] ...")
+    _evaluate(p)
+    timed("eval", t0)
+
+    # 4. index
+    t0 = time.perf_counter()
+    if _stage("index: embed with Ray Data, 2 FAISS shards", (p.index_dir / "collection.json").is_file(), fresh):
+        from imtext.collection import build_collection
+        from imtext.train.ray_train import ensure_ray
+
+        ensure_ray()
+        build_collection(p.model_dir, p.data_spec, p.index_dir, shards=2, factory="Flat", use_ray=True)
+    timed("index", t0)
+
+    print_table("demo stages", ["stage", "time"], [*timings, ["total so far", f"{time.perf_counter() - started:.1f} s"]])
+    if args.no_serve:
+        return 0
+
+    # 5. serve + page
+    from serve.launch import run_until_interrupted
+
+    return run_until_interrupted(
+        p.model_dir, p.index_dir, host=args.host, port=args.port, ui_port=args.ui_port,
+        exit_after_ready=args.exit_after_ready, started=started,
+    )
+
+
+def _evaluate(p: DemoPlan) -> None:
+    from imtext.data import load_pairs
+    from imtext.evaluate import evaluate
+    from imtext.model import TwoBranch
+    from imtext.train.batches import SplitView
+
+    model = TwoBranch.load(p.model_dir)
+    pairs = load_pairs(p.data_spec)
+    splits = ["test", "order"] if p.synth else ["val"]
+    for split in splits:
+        metrics = evaluate(model, SplitView.from_table(pairs, split))
+        print_metrics(metrics, title=f"{split} split")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    try:
+        return run_demo(args)
+    except KeyboardInterrupt:
+        console.print("stopped")
+        return 130
+    finally:
+        _shutdown_ray()
+
+
+def _shutdown_ray() -> None:
+    import sys
+
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+

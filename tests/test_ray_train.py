@@ -1,0 +1,92 @@
+"""Ray Train: 2 workers with checkpoints, resume of an interrupted run, and recovery from a killed worker.
+These share the session's local Ray (each TorchTrainer run still costs ~30 s here)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from imtext.model import TwoBranch
+from tests.conftest import tiny_config
+
+pytestmark = pytest.mark.ray
+
+
+def _cfg(world, out, **kw):
+    base = {"data.max_train_pairs": 768, "train.batch_size": 64, "train.cpus_per_worker": 1.0}
+    base.update(kw)
+    return tiny_config(world, out, **base)
+
+
+def _epochs(model_dir: Path) -> list[int]:
+    history = json.loads((model_dir / "metrics.json").read_text())["history"]
+    return [int(row["epoch"]) for row in history]
+
+
+def test_two_workers_checkpoint_export_and_resume(ray_session, synth_world, tmp_path):
+    from imtext.train.ray_train import fit, run_paths
+
+    out = tmp_path / "model"
+    cfg = _cfg(synth_world, out, **{"train.workers": 2, "train.epochs": 2, "train.num_to_keep": 2})
+    result = fit(cfg)
+    assert result.error is None
+    model = TwoBranch.load(out)  # the best checkpoint, in the model-artifact format
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "metrics.json", "vocab.json", "weights.safetensors"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["best"]["rsum"] == max(row["rsum"] for row in metrics["history"])
+    assert model.embed_texts(["a red circle"]).shape == (1, 64)
+    storage, name = run_paths(cfg)
+    checkpoints = [p for p in (Path(storage) / name).glob("checkpoint_*") if p.is_dir()]
+    assert 1 <= len(checkpoints) <= 2  # num_to_keep
+
+    # Resume: the same run continues from its last checkpoint (optimizer and scheduler state included)
+    resumed = fit(cfg.override({"train.epochs": 3}), resume=True)
+    assert resumed.error is None
+    assert int(resumed.metrics["epoch"]) == 2
+    assert int(resumed.metrics["start_epoch"]) == 2  # continued after epoch 1, did not start over
+    assert sorted(_epochs(out)) == [1, 2]  # the two kept checkpoints (num_to_keep=2) span both runs
+
+
+def _train_workers() -> list[int]:
+    from ray.util.state import list_actors
+
+    actors = list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
+    return [a.pid for a in actors if "TrainWorker" in (a.class_name or "")]
+
+
+def test_killed_worker_restores_from_checkpoint_and_finishes(ray_session, synth_world, tmp_path):
+    """Kill the worker process after its first checkpoint: the run restores and completes all epochs,
+    losing at most the epoch in flight."""
+    from imtext.train.ray_train import fit, run_paths
+
+    out = tmp_path / "model"
+    cfg = _cfg(synth_world, out, **{"train.workers": 1, "train.epochs": 3, "train.max_failures": 2, "train.num_to_keep": 3})
+    storage, name = run_paths(cfg)
+    killed: list[int] = []
+
+    def killer() -> None:
+        deadline = time.time() + 300
+        while time.time() < deadline and not killed:
+            if [p for p in (Path(storage) / name).glob("checkpoint_*") if p.is_dir()]:
+                for pid in _train_workers():
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+            time.sleep(0.5)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    result = fit(cfg)
+    thread.join(timeout=5)
+    assert killed, "the test never found a training worker to kill"
+    assert result.error is None
+    history = json.loads((out / "metrics.json").read_text())["history"]
+    print("killed", killed, "epochs:", [(r["epoch"], r["start_epoch"]) for r in history])
+    assert sorted(int(r["epoch"]) for r in history) == [0, 1, 2]  # every epoch completed, once
+    assert int(result.metrics["start_epoch"]) >= 1  # restored from a checkpoint, not restarted from scratch
+    assert TwoBranch.load(out).fingerprint

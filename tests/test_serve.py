@@ -1,0 +1,435 @@
+"""The Ray Serve app, for real: deployments on the shared local Ray, HTTP on a free loopback port.
+
+The app is started once for the module (Serve start-up is slow on a small machine). The tests that only
+read come first; the replica kill and the index swap come last (the swap changes the served collection).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from imtext.errors import ImtextError
+from tests.conftest import free_port
+
+TOKEN = "test-admin-token"
+K = 10
+
+
+# ---- fixtures -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def collections(tiny_model, synth_world, tmp_path_factory) -> dict[str, Path]:
+    """A: every split, 2 shards (the one served first); B: the test split, 1 shard (swapped in);
+    three: 3 shards (more than the app runs); foreign: B relabelled as another model's."""
+    from imtext.collection import build_collection
+
+    root = tmp_path_factory.mktemp("collections")
+    data = f"synth:{synth_world}"
+    out = {
+        "A": build_collection(tiny_model, data, root / "A", shards=2, use_ray=False, progress=False),
+        "B": build_collection(tiny_model, data, root / "B", shards=1, splits=["test"], use_ray=False,
+                              progress=False),
+        "three": build_collection(tiny_model, data, root / "three", shards=3, splits=["test"], use_ray=False,
+                                  progress=False),
+    }
+    foreign = root / "foreign"
+    shutil.copytree(out["B"], foreign)
+    info = json.loads((foreign / "collection.json").read_text())
+    info["model_fingerprint"] = "0123456789abcdef"
+    (foreign / "collection.json").write_text(json.dumps(info))
+    out["foreign"] = foreign
+    return out
+
+
+@pytest.fixture(scope="module")
+def local(tiny_model, collections):
+    """The same pipeline in-process (model + whole index), to check the app's answers against."""
+    from imtext.collection import Collection
+    from imtext.model import TwoBranch
+
+    return TwoBranch.load(tiny_model), Collection.load(collections["A"])
+
+
+@pytest.fixture(scope="module")
+def api(ray_session, tiny_model, collections):
+    from serve.launch import start
+
+    running = start(tiny_model, collections["A"], host="127.0.0.1", port=free_port(), admin_token=TOKEN,
+                    options={"shard_timeout_s": 3.0, "encoder_timeout_s": 20.0, "release_after_s": 2.0})
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture(scope="module")
+def client(api):
+    with httpx.Client(base_url=api.url, timeout=60.0) as c:
+        yield c
+
+
+def png_bytes(path: str | Path) -> bytes:
+    return Path(path).read_bytes()
+
+
+def assert_error(resp: httpx.Response, status: int, code: str) -> None:
+    assert resp.status_code == status, resp.text
+    assert resp.headers["content-type"].startswith("application/json")
+    body = resp.json()
+    assert body["error"]["code"] == code, body
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+
+
+def assert_same_ranking(hits: list[dict], scores: np.ndarray, ids: np.ndarray) -> None:
+    """The app's hits equal the in-process top-k: the same score at every rank, and the same id except
+    where two scores tie to 1e-5 (exact ties may come back in another order from another batch size)."""
+    assert [h["rank"] for h in hits] == list(range(1, len(ids) + 1))
+    np.testing.assert_allclose([h["score"] for h in hits], scores, atol=1e-5)
+    expected = dict(zip(ids.tolist(), scores.tolist()))
+    for h, s, i in zip(hits, scores, ids):
+        if h["id"] != i:  # only a tie may swap places
+            assert h["id"] in expected and abs(expected[h["id"]] - s) < 1e-5, (h, s, i)
+
+
+# ---- no Ray needed --------------------------------------------------------------------------------
+
+
+def test_decode_image_rejects_each_bad_upload_cleanly(synth_world):
+    from serve.app import Rejected, decode_image
+
+    png = png_bytes(next((synth_world / "images").glob("*.png")))
+    ok = decode_image(png)
+    assert not isinstance(ok, Rejected) and ok.mode == "RGB"
+    assert decode_image(b"hello, not an image") == Rejected(415, "not_an_image", decode_image(b"x").message)
+    assert decode_image(png[: len(png) // 2]).code == "bad_image"
+    assert decode_image(b"").code == "empty_upload"
+    # 8000x8000 compresses to a few kB but would decode to 64 MP: refused from its header, before decoding
+    big = io.BytesIO()
+    Image.new("1", (8000, 8000)).save(big, format="PNG")
+    assert len(big.getvalue()) < 100_000
+    r = decode_image(big.getvalue(), max_pixels=40_000_000)
+    assert (r.status, r.code) == (413, "image_too_large")
+    # a format PIL knows but we do not accept (EPS would run Ghostscript)
+    assert decode_image(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n").code == "not_an_image"
+
+
+def test_read_meta_checks_model_and_shards(tiny_model, collections):
+    from serve.meta import ModelMismatch, TooManyShards, read_meta
+
+    meta = read_meta(collections["A"], max_shards=2)
+    assert meta.index_info()["images"] == {"count": len(meta.images), "shards": 2, "factory": "Flat"}
+    fp = meta.info["model_fingerprint"]
+    rows = meta.images.rows([3, 0])
+    assert [r["id"] for r in rows] == [3, 0]
+    assert meta.images.get(10**9) is None and meta.images.get(-1) is None
+    with pytest.raises(ImtextError, match="metadata lacks"):
+        meta.captions.rows([0, 10**9])
+    with pytest.raises(ModelMismatch, match="another space"):
+        read_meta(collections["foreign"], model_fingerprint=fp)
+    with pytest.raises(TooManyShards, match="3 shards"):
+        read_meta(collections["three"], model_fingerprint=fp, max_shards=2)
+    with pytest.raises(ImtextError, match="does not exist"):
+        read_meta(collections["A"] / "nope")
+
+
+def test_build_app_and_check_dirs_refuse_bad_input(tiny_model, collections, tmp_path):
+    from serve.app import build_app
+    from serve.launch import check_dirs
+
+    with pytest.raises(ImtextError, match="index_dir is required"):
+        build_app({"model_dir": str(tiny_model)})
+    with pytest.raises(ImtextError, match="another space"):
+        build_app({"model_dir": str(tiny_model), "index_dir": str(collections["foreign"])})
+    with pytest.raises(ImtextError, match="not a model directory"):
+        check_dirs(tmp_path, collections["A"])
+    with pytest.raises(ImtextError, match="not an imtext collection"):
+        check_dirs(tiny_model, tmp_path)
+    assert check_dirs(tiny_model, collections["A"]) == (Path(tiny_model).resolve(), collections["A"].resolve())
+
+
+# ---- the running app --------------------------------------------------------------------------------
+
+
+@pytest.mark.ray
+def test_health_info_and_docs(client, local, collections):
+    model, col = local
+    assert client.get("/healthz").json() == {"status": "ok"}
+    info = client.get("/info").json()
+    assert info["model"] == {"fingerprint": model.fingerprint, "text_model": model.config.text.model,
+                             "backbone": model.config.image.backbone, "embed_dim": model.config.model.embed_dim}
+    assert info["index"] == {
+        "images": {"count": col.images.ntotal, "shards": 2, "factory": "Flat"},
+        "captions": {"count": col.captions.ntotal, "shards": 2, "factory": "Flat"},
+    }
+    assert set(info["versions"]) == {"imtext", "ray", "faiss", "torch"}
+    assert info["examples"] and set(info["examples"]) <= set(col._images.column("caption").to_pylist())
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/search/text", "/search/image", "/images/{image_id}", "/healthz", "/info"} <= set(paths)
+
+
+@pytest.mark.ray
+def test_search_text_matches_in_process_and_finds_the_image(client, local):
+    model, col = local
+    caps = col._captions.to_pylist()
+    q = model.embed_texts([c["caption"] for c in caps])
+    scores, ids = col.images.search(q, K)
+    found = [n for n, c in enumerate(caps) if c["image"] in ids[n]]
+    assert found, "the tiny model finds no image for any caption in-process; nothing to check"
+    rng = np.random.default_rng(0)
+    for n in rng.choice(found, size=min(6, len(found)), replace=False):
+        body = client.post("/search/text", json={"query": caps[n]["caption"], "k": K}).json()
+        assert body["query"] == caps[n]["caption"] and body["k"] == K and body["latency_ms"] > 0
+        hits = body["results"]
+        assert caps[n]["image"] in [h["id"] for h in hits]  # the caption finds its image in the top k
+        s1, i1 = col.images.search(model.embed_texts([caps[n]["caption"]]), K)
+        assert_same_ranking(hits, s1[0], i1[0])
+        rows = col.image_rows(i1[0])
+        for h, row in zip(hits, rows):
+            if h["id"] == row["id"]:
+                assert (h["image_id"], h["caption"], h["image_url"]) == (
+                    row["image_id"], row["caption"], f"/images/{row['id']}")
+
+
+@pytest.mark.ray
+def test_search_image_ranks_the_image_itself_first(client, local):
+    model, col = local
+    row = col.image_rows([7])[0]
+    data = png_bytes(row["image_path"])
+    resp = client.post("/search/image", files={"file": ("seven.png", data, "image/png")}, data={"k": "5"})
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["k"] == 5 and len(body["images"]) == 5 and len(body["captions"]) == 5
+    top = body["images"][0]
+    assert (top["id"], top["image_id"]) == (7, row["image_id"]) and top["score"] == pytest.approx(1.0, abs=1e-4)
+    from imtext.data import load_image
+
+    v = model.embed_images([load_image(row["image_path"])])
+    s, i = col.captions.search(v, 5)
+    assert_same_ranking(body["captions"], s[0], i[0])
+    cap_rows = {r["id"]: r for r in col.caption_rows(i[0])}
+    for c in body["captions"]:
+        if c["id"] in cap_rows:
+            assert (c["caption"], c["image_id"]) == (cap_rows[c["id"]]["caption"], cap_rows[c["id"]]["image_id"])
+
+
+@pytest.mark.ray
+def test_get_image_by_id_only(client, local):
+    _, col = local
+    row = col.image_rows([3])[0]
+    resp = client.get("/images/3")
+    assert resp.status_code == 200
+    assert resp.headers["content-type"] == "image/png"
+    assert resp.content == png_bytes(row["image_path"])
+    assert_error(client.get(f"/images/{col.images.ntotal + 5}"), 404, "not_found")
+    assert_error(client.get("/images/-1"), 404, "not_found")
+    assert_error(client.get("/images/abc"), 422, "invalid_request")
+    # a path is never accepted: it is not an id, and no route serves files by name
+    assert client.get("/images/..%2F..%2Fetc%2Fpasswd").status_code in (404, 422)
+    assert_error(client.get("/images/3/../../etc/passwd"), 404, "not_found")
+
+
+@pytest.mark.ray
+def test_bad_inputs_get_4xx_json_and_change_nothing(client, local):
+    _, col = local
+    png = png_bytes(col.image_rows([0])[0]["image_path"])
+    info_before = client.get("/info").json()
+    query = {"query": "a big green circle", "k": 5}
+    before = client.post("/search/text", json=query).json()["results"]
+
+    assert_error(client.post("/search/text", json={"query": "", "k": 5}), 400, "empty_query")
+    assert_error(client.post("/search/text", json={"query": " \t\n ", "k": 5}), 400, "empty_query")
+    assert_error(client.post("/search/text", json={"query": "a" * 1001, "k": 5}), 400, "query_too_long")
+    assert client.post("/search/text", json={"query": "a " * 500, "k": 5}).status_code == 200  # 1000 is fine
+    assert_error(client.post("/search/text", json={"query": "dog", "k": 0}), 422, "bad_k")
+    assert_error(client.post("/search/text", json={"query": "dog", "k": 101}), 422, "bad_k")
+    assert_error(client.post("/search/text", json={"query": "dog", "k": "many"}), 422, "invalid_request")
+    assert_error(client.post("/search/text", json={"k": 5}), 422, "invalid_request")
+    assert_error(client.post("/search/text", content=b"{not json", headers={"content-type": "application/json"}),
+                 422, "invalid_request")
+    assert_error(client.post("/search/image", files={"file": ("a.txt", b"just text", "text/plain")}),
+                 415, "not_an_image")
+    assert_error(client.post("/search/image", files={"file": ("a.png", png[: len(png) // 2], "image/png")}),
+                 400, "bad_image")
+    assert_error(client.post("/search/image", files={"file": ("a.png", b"", "image/png")}), 400, "empty_upload")
+    assert_error(client.post("/search/image", files={"file": ("a.png", png, "image/png")}, data={"k": "0"}),
+                 422, "bad_k")
+    assert_error(client.post("/search/image", data={"k": "3"}), 422, "invalid_request")
+    big = png + b"\0" * (10 * 2**20)  # over 10 MB
+    assert_error(client.post("/search/image", files={"file": ("a.png", big, "image/png")}), 413, "upload_too_large")
+    assert_error(client.get("/no/such/route"), 404, "not_found")
+    assert_error(client.get("/search/text"), 405, "method_not_allowed")
+
+    assert client.get("/info").json() == info_before
+    after = client.post("/search/text", json=query).json()["results"]
+    assert [h["id"] for h in after] == [h["id"] for h in before]
+
+
+# ---- faults and the index swap (these change the app's state: keep them last) -----------------------
+
+
+class Load:
+    """A bounded client loop on loopback in a thread: records (status, seconds, body) per request."""
+
+    def __init__(self, url: str, queries: list[str], n: int | None = None, seconds: float | None = None,
+                 timeout: float = 30.0) -> None:
+        self.url, self.queries, self.n, self.seconds, self.timeout = url, queries, n, seconds, timeout
+        self.results: list[tuple[int, float, dict]] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        end = time.monotonic() + (self.seconds or 1e9)
+        with httpx.Client(base_url=self.url, timeout=self.timeout) as c:
+            i = 0
+            while not self.stop.is_set() and time.monotonic() < end and (self.n is None or i < self.n):
+                t0 = time.monotonic()
+                try:
+                    r = c.post("/search/text", json={"query": self.queries[i % len(self.queries)], "k": 5})
+                    body = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
+                    self.results.append((r.status_code, time.monotonic() - t0, body))
+                except httpx.HTTPError as e:  # a hang or a dropped connection: recorded as a failure
+                    self.results.append((0, time.monotonic() - t0, {"exception": repr(e)}))
+                i += 1
+
+    def __enter__(self) -> Load:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=120)
+
+
+def _replica_names(deployment: str) -> list[str]:
+    import ray
+
+    return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                  if a["namespace"] == "serve" and a["name"].startswith(f"SERVE_REPLICA::imtext#{deployment}#"))
+
+
+@pytest.mark.ray
+def test_killed_shard_replica_comes_back_and_requests_fail_cleanly(api, client):
+    import ray
+
+    [victim] = _replica_names("shard-1")
+    queries = client.get("/info").json()["examples"]
+    with Load(api.url, queries, seconds=60.0, timeout=30.0) as load:
+        while len(load.results) < 5:
+            time.sleep(0.05)
+        ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
+        killed_at = len(load.results)
+        # wait until Serve has a new replica and requests succeed again
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            new = [n for n in _replica_names("shard-1") if n != victim]
+            tail = load.results[killed_at:]
+            if new and len(tail) >= 5 and all(s == 200 for s, _, _ in tail[-5:]):
+                break
+            time.sleep(0.2)
+    results = load.results
+    assert results and all(s in (200, 503) for s, _, _ in results), {s for s, _, _ in results}
+    for status, seconds, body in results:
+        assert seconds < 15, "a request hung instead of failing fast"
+        if status == 503:
+            assert body["error"]["code"] == "unavailable"
+    assert [n for n in _replica_names("shard-1") if n != victim], "Serve did not replace the killed replica"
+    # all succeed afterwards
+    for q in queries[:5]:
+        assert client.post("/search/text", json={"query": q, "k": 5}).status_code == 200
+
+
+@pytest.mark.ray
+def test_admin_reload_refuses_bad_requests_and_changes_nothing(client, collections):
+    before = client.get("/info").json()
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    body = {"index_dir": str(collections["B"])}
+    assert_error(client.post("/admin/reload", json=body), 401, "unauthorized")
+    assert_error(client.post("/admin/reload", json=body, headers={"Authorization": "Bearer wrong"}),
+                 401, "unauthorized")
+    assert_error(client.post("/admin/reload", json={"index_dir": str(collections["foreign"])}, headers=auth),
+                 409, "model_mismatch")
+    assert_error(client.post("/admin/reload", json={"index_dir": str(collections["three"])}, headers=auth),
+                 409, "too_many_shards")
+    assert_error(client.post("/admin/reload", json={"index_dir": "/no/such/dir"}, headers=auth),
+                 400, "bad_index")
+    assert_error(client.post("/admin/reload", json={}, headers=auth), 422, "invalid_request")
+    assert client.get("/info").json() == before
+
+
+@pytest.mark.ray
+def test_index_swap_under_load_drops_no_request(api, client, collections):
+    from imtext.collection import Collection
+
+    b = Collection.load(collections["B"])
+    b_image_ids = set(b._images.column("image_id").to_pylist())
+    queries = client.get("/info").json()["examples"]
+    with Load(api.url, queries, n=200) as load:
+        while len(load.results) < 50:
+            time.sleep(0.02)
+        swapped_at = len(load.results)
+        resp = client.post("/admin/reload", json={"index_dir": str(collections["B"])},
+                           headers={"Authorization": f"Bearer {TOKEN}"})
+        done_at = len(load.results)
+        load.thread.join(timeout=180)
+    assert resp.status_code == 200, resp.text
+    statuses = [s for s, _, _ in load.results]
+    assert len(statuses) == 200 and statuses.count(200) == 200, {s: statuses.count(s) for s in set(statuses)}
+    # requests that started after the swap answered from B; the ones before it from A
+    after = [body for _, _, body in load.results[done_at + 1:]]
+    assert after and all({h["image_id"] for h in body["results"]} <= b_image_ids for body in after)
+    assert any(not {h["image_id"] for h in body["results"]} <= b_image_ids
+               for _, _, body in load.results[:swapped_at])
+    info = client.get("/info").json()
+    assert info["index"] == {"images": {"count": b.images.ntotal, "shards": 1, "factory": "Flat"},
+                             "captions": {"count": b.captions.ntotal, "shards": 1, "factory": "Flat"}}
+    assert info["collection"]["splits"] == ["test"]
+    # once no old request can need it, every shard replica lets the old collection go (memory back to 1x)
+    from ray import serve
+
+    shards = [serve.get_deployment_handle(f"shard-{i}", app_name="imtext") for i in range(2)]
+    b_dir = str(collections["B"].resolve())
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        held = [[d for d, _version in h.held.remote().result(timeout_s=10)] for h in shards]
+        if held == [[b_dir]] * 2:
+            break
+        time.sleep(0.5)
+    assert held == [[b_dir]] * 2
+
+
+@pytest.mark.ray
+def test_reload_picks_up_a_collection_grown_in_place(client, collections, tiny_model, synth_world):
+    """`imtext index add` rewrites the folder under the same path: a reload of that path must serve it."""
+    from imtext.collection import add_to_collection
+
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    b_dir = str(collections["B"])
+    assert client.post("/admin/reload", json={"index_dir": b_dir}, headers=auth).status_code == 200
+    before = client.get("/info").json()["index"]["images"]["count"]
+    added = add_to_collection(b_dir, tiny_model, f"synth:{synth_world}", splits=["val"], use_ray=False,
+                              progress=False)
+    assert added["images"] > 0
+    resp = client.post("/admin/reload", json={"index_dir": b_dir}, headers=auth)
+    assert resp.status_code == 200, resp.text
+    assert client.get("/info").json()["index"]["images"]["count"] == before + added["images"]
+    # a new image is found by the shards, not only listed in the metadata
+    new_id = added["image_ids"][0]
+    from imtext.collection import Collection
+
+    path = Collection.load(b_dir).image_path(new_id)
+    body = client.post("/search/image", files={"file": ("new.png", path.read_bytes(), "image/png")},
+                       data={"k": "3"}).json()
+    assert body["images"][0]["id"] == new_id
