@@ -46,7 +46,7 @@ class Result:
 
     def row(self, base_p50: float | None) -> list[str]:
         p50, p95, p99 = (np.percentile(self.lat_ms, q) if len(self.lat_ms) else float("nan") for q in (50, 95, 99))
-        overhead = f"{p50 / base_p50:.1f}x" if base_p50 else "1.0x"
+        overhead = f"{p50 / base_p50:.0f}x" if base_p50 else ("1x" if self.name == "in-process" else "")
         return [self.name, str(self.concurrency), str(self.requests), f"{p50:.1f}", f"{p95:.1f}", f"{p99:.1f}",
                 f"{self.requests / self.seconds:.0f}", str(self.errors), overhead]
 
@@ -99,7 +99,9 @@ def in_process(model_dir: Path, index_dir: Path, queries: list[str], n: int) -> 
     return Result("in-process", 1, n, 0, time.perf_counter() - t_all, np.array(lat))
 
 
-async def http_load(url: str, queries: list[str], n: int, concurrency: int) -> Result:
+async def http_load(url: str, queries: list[str], n: int, concurrency: int, health: bool = False) -> Result:
+    """n requests from `concurrency` workers; `health` sends GET /healthz instead (the proxy and ingress
+    alone, no encoder or shard: what Serve's HTTP path costs by itself)."""
     import httpx
 
     lat: list[float] = []
@@ -117,7 +119,10 @@ async def http_load(url: str, queries: list[str], n: int, concurrency: int) -> R
                 next_i += 1
                 t0 = time.perf_counter()
                 try:
-                    r = await client.post("/search/text", json={"query": queries[i % len(queries)], "k": K})
+                    if health:
+                        r = await client.get("/healthz")
+                    else:
+                        r = await client.post("/search/text", json={"query": queries[i % len(queries)], "k": K})
                     ok = r.status_code == 200
                 except httpx.HTTPError:
                     ok = False
@@ -129,7 +134,8 @@ async def http_load(url: str, queries: list[str], n: int, concurrency: int) -> R
         t_all = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         seconds = time.perf_counter() - t_all
-    return Result("HTTP (Serve)", concurrency, n, errors, seconds, np.array(lat))
+    name = "GET /healthz (Serve, no-op)" if health else "POST /search/text (Serve)"
+    return Result(name, concurrency, n, errors, seconds, np.array(lat))
 
 
 def markdown(rows: list[list[str]]) -> str:
@@ -179,7 +185,9 @@ def main(argv: list[str] | None = None) -> int:
         running = start(model_dir, index_dir, port=args.port or free_port())
         print(f"Serve app up in {time.perf_counter() - t0:.0f} s at {running.url}", flush=True)
         results = []
+        load_before = os.getloadavg()[0]
         try:
+            results.append(asyncio.run(http_load(running.url, queries, n, 1, health=True)))
             for c in args.concurrency:
                 r = asyncio.run(http_load(running.url, queries, n, c))
                 print(f"concurrency {c}: p50 {np.percentile(r.lat_ms, 50):.1f} ms, "
@@ -191,10 +199,11 @@ def main(argv: list[str] | None = None) -> int:
 
             ray.shutdown()
         base_p50 = float(np.percentile(base.lat_ms, 50))
-        rows = [base.row(None)] + [r.row(base_p50) for r in results]
+        rows = [base.row(None)] + [r.row(None if "healthz" in r.name else base_p50) for r in results]
         print()
         print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-              f"{datetime.now(timezone.utc):%Y-%m-%d}; command: python bench/serve_load.py {' '.join(sys.argv[1:])}")
+              f"{datetime.now(timezone.utc):%Y-%m-%d}; load average {load_before:.1f} before the HTTP runs, "
+              f"{os.getloadavg()[0]:.1f} after; command: python bench/serve_load.py {' '.join(sys.argv[1:])}")
         print(markdown(rows))
     finally:
         if tmp is not None:

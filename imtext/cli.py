@@ -273,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--model", required=True, metavar="DIR")
     add.add_argument("--data", required=True, metavar="KIND:PATH", help=DATA_HELP)
     add.add_argument("--split", action="append")
+    add.add_argument("--no-ray", action="store_true", help="embed in this process instead of Ray Data")
     add.set_defaults(func=_lazy("imtext.collection", "cmd_add"))
     search = isub.add_parser("search", help="query an index from the shell")
     search.add_argument("--index", required=True, metavar="DIR")

@@ -382,7 +382,7 @@ def _print_summary(title: str, rows: list[list[Any]], report: Any) -> None:
 
     n = len(report.images.ids) + len(report.captions.ids)
     console.print(f"embedded {n} items in {report.seconds:.1f} s ({report.engine})")
-    print_table(title, ["collection", "items", "shards", "factory", "dim", "index s"], rows)
+    print_table(title, ["collection", "items", "shards", "factory", "dim", "time s"], rows)
 
 
 # ---- growing --------------------------------------------------------------------------------------

@@ -136,6 +136,20 @@ def start(
     return info
 
 
+def _stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM (a process manager, `kill`) both end in the same clean stop. Set explicitly:
+    a shell starts a background job with SIGINT ignored, and Ray replaces the SIGTERM handler."""
+    import signal
+    import threading
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, interrupt)
+
+
 def run_until_interrupted(
     model_dir: str | Path,
     index_dir: str | Path,
@@ -158,7 +172,12 @@ def run_until_interrupted(
 
     token = os.environ.get("IMTEXT_ADMIN_TOKEN")
     console.print("starting Ray Serve (the first start takes a while) ...")
-    running = start(model_dir, index_dir, host=host, port=port, address=address, admin_token=token)
+    _stop_on_signals()
+    try:
+        running = start(model_dir, index_dir, host=host, port=port, address=address, admin_token=token)
+    except KeyboardInterrupt:  # start() has already stopped what it started
+        return 130
+    _stop_on_signals()  # again: ray.init installed its own SIGTERM handler
     page = None
     try:
         console.print(f"API      {running.url}   (OpenAPI docs: {running.docs_url})")

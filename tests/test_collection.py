@@ -264,7 +264,9 @@ def test_add_appends_new_items_and_search_finds_them(cli_built, tiny_model, synt
     paths = [r["image_path"] for r in col.image_rows(range(120))]
     all_images = model.embed_images([load_image(p) for p in paths])
     queries = model.embed_texts([r["caption"] for r in new_caps])
-    expected = retrieval(all_images, queries, truth)["t2i_r10"] / 100
+    sims = queries @ all_images.T
+    rank = (sims > sims[np.arange(len(truth)), truth][:, None]).sum(axis=1)  # images scoring above the truth
+    expected = (rank < 10).mean()
     print(f"\nsynth test split added: R@10 over 120 images = {hit:.3f} (chance 0.083)")
     assert hit == pytest.approx(expected, abs=1e-9)
     assert hit > 0.125  # 1.5x chance for this 3-epoch model
@@ -447,4 +449,21 @@ def test_coco_mini_text_finds_the_right_photo(coco_mini, tmp_path):
     r1 = (found[:, 0] == truth).mean()
     print(f"\ncoco-mini val2017 (79 photos, 395 captions): text -> photo R@1 {r1:.3f}, R@10 {r10:.3f} "
           f"(chance 10/79 = 0.127); features {t_feat:.0f} s, training {t_train:.0f} s, index {t_build:.0f} s")
-    assert r10 >= 0.45  # measured 0.55-0.65 over seeds; chance is 0.13
+    assert r10 >= 0.5  # "most captions"; measured 0.61-0.65 over seeds 0-3, chance is 0.13
+
+
+def test_new_captions_of_known_images_point_at_the_existing_image():
+    import pyarrow as pa
+
+    from imtext.collection import _split_tables
+    from imtext.data import PAIRS_SCHEMA
+
+    pairs = pa.table(
+        {"image_id": ["old", "new", "old", "new"], "image_path": ["/o.png", "/n.png", "/o.png", "/n.png"],
+         "caption_id": ["c5", "c6", "c7", "c8"], "caption": ["a", "b", "c", "d"], "split": ["val"] * 4},
+        schema=PAIRS_SCHEMA,
+    )
+    images, captions = _split_tables(pairs, first_image_id=10, first_caption_id=40, image_index={"old": 3})
+    assert images.to_pylist() == [{"id": 10, "image_id": "new", "image_path": "/n.png", "caption": "b"}]
+    assert captions.column("id").to_pylist() == [40, 41, 42, 43]
+    assert captions.column("image").to_pylist() == [3, 10, 3, 10]

@@ -54,10 +54,17 @@ def test_two_workers_checkpoint_export_and_resume(ray_session, synth_world, tmp_
 
 
 def _train_workers() -> list[int]:
-    from ray.util.state import list_actors
+    """Ray Train worker processes of this test session's Ray (its raylet is a child of this process)."""
+    import psutil
 
-    actors = list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
-    return [a.pid for a in actors if "TrainWorker" in (a.class_name or "")]
+    found = []
+    for proc in psutil.Process(os.getpid()).children(recursive=True):
+        try:
+            if "TrainWorker" in " ".join(proc.cmdline()):
+                found.append(proc.pid)
+        except psutil.Error:
+            continue
+    return found
 
 
 def test_killed_worker_restores_from_checkpoint_and_finishes(ray_session, synth_world, tmp_path):
@@ -70,14 +77,22 @@ def test_killed_worker_restores_from_checkpoint_and_finishes(ray_session, synth_
     storage, name = run_paths(cfg)
     killed: list[int] = []
 
+    snapshot = Path(storage) / name / "checkpoint_manager_snapshot.json"
+
+    def registered() -> int:
+        try:
+            return len(json.loads(snapshot.read_text())["checkpoint_results"])
+        except (OSError, ValueError, KeyError):
+            return 0
+
     def killer() -> None:
         deadline = time.time() + 300
         while time.time() < deadline and not killed:
-            if [p for p in (Path(storage) / name).glob("checkpoint_*") if p.is_dir()]:
+            if registered() >= 1:  # the epoch-0 checkpoint is registered, epoch 1 is in flight
                 for pid in _train_workers():
                     os.kill(pid, signal.SIGKILL)
                     killed.append(pid)
-            time.sleep(0.5)
+            time.sleep(0.2)
 
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()

@@ -52,7 +52,7 @@ class FeatureLookup:
 
     def __init__(self, ids: list[str], matrix: np.ndarray):
         self.row = {iid: n for n, iid in enumerate(ids)}
-        self.matrix = torch.from_numpy(np.ascontiguousarray(matrix, dtype=np.float32))
+        self.matrix = torch.from_numpy(np.array(matrix, dtype=np.float32, copy=True))
 
     @property
     def dim(self) -> int:
