@@ -10,10 +10,18 @@ Why this shape:
   the ingress merges the per-shard top-k with `imtext.index.merge_topk` (never holding a FAISS index).
 - Every call to another deployment has a timeout: a dead or slow replica turns into a 503 the client can
   retry, never a hung request.
-- Index swap without downtime (POST /admin/reload): the shards load the new collection next to the old one,
-  then the ingress switches in one assignment. A request captures the collection it started with and asks
-  the shards for exactly that one, so requests in flight finish on the old index and new ones use the new.
-  A shard replica that restarts later loads whatever collection it is asked for, on demand.
+- Index swap without downtime (POST /admin/reload {"index_dir": ...}, with the admin token): the shards load
+  the new collection next to the old one, then the ingress switches in one assignment. A request captures
+  the collection it started with and asks the shards for exactly that one (folder + a hash of its
+  collection.json, so a folder grown in place by `imtext index add` counts as new), so requests in flight
+  finish on the old index and new ones use the new; the old one is freed once no request can need it. A
+  shard replica that restarts later loads whatever collection it is asked for, on demand. Refused: a
+  collection built by another model (409), one with more shards than the app runs (409), a damaged one (400).
+  The swap lives in the ingress replica: keep SearchAPI at one replica, and put the new index_dir in the
+  config too, so a restart or redeploy serves it. A redeploy with a new index_dir (`serve deploy`,
+  `serve.run`) also swaps, by Serve's rolling update (max_surge_percent=100 everywhere), but it is not
+  seamless: in a trial on 2 cores, 1 of 205 requests got a 503 after the shard timeout while the shard
+  replicas rolled over, where the tests' 200 requests across POST /admin/reload all succeeded.
 
 Run it with `imtext serve`, `serve run serve/config.yaml`, or
 `serve run serve.app:build_app model_dir=DIR index_dir=DIR`.
@@ -72,11 +80,12 @@ RELOAD_TIMEOUT_S = 600.0
 
 
 class ApiError(Exception):
-    """An answer the client gets as `{"error": {"code", "message"}}` with this HTTP status."""
+    """An answer the client gets as `{"error": {"code", "message"}}` with this HTTP status; `cause` is the
+    underlying error's message (for the log, or for an endpoint that may show it, like /admin/reload)."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, cause: str = "") -> None:
         super().__init__(message)
-        self.status, self.code, self.message = status, code, message
+        self.status, self.code, self.message, self.cause = status, code, message, cause
 
 
 def error_response(status: int, code: str, message: str) -> JSONResponse:
@@ -102,9 +111,11 @@ async def call(response: DeploymentResponse, timeout_s: float, what: str) -> Any
         raise ApiError(503, "unavailable", f"The {what} is unavailable right now; retry in a few seconds.") from None
     except ApiError:
         raise
-    except Exception:
+    except Exception as e:
         log.exception("%s failed", what)
-        raise ApiError(500, "internal", f"The {what} failed; the server log has the details.") from None
+        cause = getattr(e, "cause", None) or e  # a RayTaskError carries the replica's own exception
+        raise ApiError(500, "internal", f"The {what} failed; the server log has the details.",
+                       cause=str(cause).strip().splitlines()[-1] if str(cause).strip() else type(cause).__name__) from None
 
 
 # Serve pickles a deployment class by value when it is decorated: every module-level name its methods use
@@ -166,6 +177,10 @@ def decode_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS):
 # ---- the encoders ---------------------------------------------------------------------------------
 
 
+# Every deployment has max_surge_percent=100: a redeploy (`serve deploy` with a new index_dir, a new model)
+# starts each new replica and lets the old one serve until it is ready, instead of stopping it first.
+
+
 class _Encoder:
     """Loads the model once per replica; batches configurable per deployment (see build_app)."""
 
@@ -184,7 +199,8 @@ class _Encoder:
         return self.model.fingerprint
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64, health_check_period_s=2)
+@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64, health_check_period_s=2,
+                  max_surge_percent=100)
 class TextEncoder(_Encoder):
     """Sentences -> vectors. Concurrent queries are batched into one forward pass."""
 
@@ -199,7 +215,8 @@ class TextEncoder(_Encoder):
         return list(vectors)
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=32, health_check_period_s=2)
+@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=32, health_check_period_s=2,
+                  max_surge_percent=100)
 class ImageEncoder(_Encoder):
     """Uploaded bytes -> vector (or Rejected). Decoding happens here, so the ingress stays light."""
 
@@ -225,7 +242,8 @@ class ImageEncoder(_Encoder):
 # ---- the index shards -----------------------------------------------------------------------------
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64, health_check_period_s=2)
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64, health_check_period_s=2,
+                  max_surge_percent=100)
 class IndexShard:
     """Shard `shard` of a collection's images and captions indexes (one replica never holds the whole
     index). Holds up to `keep` collections (the current one and the one being swapped out), keyed by
@@ -404,7 +422,8 @@ def check_query(query: str) -> str:
     return query
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=256, num_replicas=1)
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=256, num_replicas=1,
+                  max_surge_percent=100)
 @serve.ingress(api)
 class SearchAPI:
     """Validates, encodes, fans out to every shard at once, merges the global top-k, attaches metadata.
@@ -564,8 +583,18 @@ class SearchAPI:
                 raise ApiError(400, "bad_index", str(e)) from None
             t0 = time.perf_counter()
             # every shard loads its part first; only then does the ingress switch (one assignment)
-            await asyncio.gather(*(call(s.prepare.remote(meta.dir, meta.version), self.reload_timeout_s,
-                                        "index shard") for s in self.shards))
+            try:
+                await asyncio.gather(*(call(s.prepare.remote(meta.dir, meta.version), self.reload_timeout_s,
+                                            "index shard") for s in self.shards))
+            except ApiError as e:
+                # nothing was switched; free what the other replicas loaded (unless it is in use)
+                if (meta.dir, meta.version) != (self.meta.dir, self.meta.version):
+                    await asyncio.gather(*(call(s.release.remote(meta.dir, meta.version), self.shard_timeout_s,
+                                                "index shard") for s in self.shards), return_exceptions=True)
+                if e.status != 500:
+                    raise
+                # the shard files themselves are bad (checksum, format)
+                raise ApiError(400, "bad_index", f"A shard replica could not load {meta.dir}: {e.cause}") from None
             previous, self.meta = self.meta, meta
             log.info("index swapped: %s -> %s in %.1f s", previous.dir, meta.dir, time.perf_counter() - t0)
             if (previous.dir, previous.version) != (meta.dir, meta.version):
@@ -626,6 +655,13 @@ def _options(args: dict[str, Any], key: str) -> dict[str, Any]:
     return dict(opts)
 
 
+APP_ARGS = {
+    "model_dir", "index_dir", "admin_token", "shard_slots", "encoder_timeout_s", "shard_timeout_s",
+    "reload_timeout_s", "release_after_s", "text_batch_size", "image_batch_size", "batch_wait_timeout_s",
+    "torch_threads", "mmap", "text_encoder", "image_encoder", "shard", "api",
+}
+
+
 def build_app(args: dict[str, Any]) -> serve.Application:
     """Serve's application builder: `serve run serve.app:build_app model_dir=DIR index_dir=DIR`.
 
@@ -636,6 +672,9 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     image_batch_size, batch_wait_timeout_s, torch_threads; and per-deployment option mappings
     text_encoder, image_encoder, shard, api (e.g. {"num_replicas": 2, "ray_actor_options": {"num_cpus": 1}}).
     """
+    unknown = sorted(set(args) - APP_ARGS)
+    if unknown:
+        raise ImtextError(f"unknown app argument(s) {', '.join(unknown)}; known: {', '.join(sorted(APP_ARGS))}")
     for key in ("model_dir", "index_dir"):
         if not args.get(key):
             raise ImtextError(f"app argument {key} is required (e.g. `serve run serve.app:build_app {key}=DIR ...`)")

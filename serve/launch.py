@@ -34,6 +34,8 @@ class ServeHandleInfo:
         return f"{self.url}/docs"
 
     def stop(self) -> None:
+        """Remove the app; stop Serve when no other app is left on the cluster, and Ray when `start` began it
+        (on a shared cluster, other people's apps and the cluster stay up)."""
         if self._stopped:
             return
         self._stopped = True
@@ -41,7 +43,12 @@ class ServeHandleInfo:
         from ray import serve
 
         try:
-            serve.shutdown()  # the app, its replicas, the proxy and the controller
+            if self.started_ray:
+                serve.shutdown()  # our own local Ray: everything goes
+            else:
+                serve.delete(self.app_name)
+                if not serve.status().applications:
+                    serve.shutdown()  # the proxy and the controller too
         finally:
             if self.started_ray and ray.is_initialized():
                 ray.shutdown()
@@ -117,11 +124,11 @@ def start(
     from serve.app import build_app
 
     model, index = check_dirs(model_dir, index_dir)
+    _check_port(host, port)
     args = {"model_dir": str(model), "index_dir": str(index), **(options or {})}
     if admin_token:
         args["admin_token"] = admin_token
     app = build_app(args)  # loads the model once and checks the collection before anything is deployed
-    _check_port(host, port)
     started_ray = not ray.is_initialized()
     ensure_ray(address)
     info = ServeHandleInfo(url=f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}",

@@ -146,6 +146,7 @@ def test_merge_topk_by_hand_and_padding() -> None:
         k=6,
     )
     np.testing.assert_array_equal(ids, [[1, 3, 4, 2, -1, -1]])
+    assert ids.dtype == np.int64 and scores.dtype == np.float32
     np.testing.assert_allclose(scores[0, :4], [0.9, 0.8, 0.7, 0.5])
     assert np.isneginf(scores[0, 4:]).all()
     # smallest scores lose: keep_max semantics (a min-merge would return 2 and 4 here)
@@ -153,6 +154,8 @@ def test_merge_topk_by_hand_and_padding() -> None:
         [np.array([[0.9, 0.5]]), np.array([[0.8, 0.7]])], [np.array([[1, 2]]), np.array([[3, 4]])], 2
     )
     np.testing.assert_array_equal(top2, [[1, 3]])
+    _, from_json = merge_topk([[[0.9, 0.5]], [[0.8, 0.7]]], [[[1, 2]], [[3, 4]]], 3)  # plain lists work too
+    np.testing.assert_array_equal(from_json, [[1, 3, 4]])
     # many candidates per query: the partial-sort path agrees with a full sort
     rng = np.random.default_rng(40)
     wide_s = [rng.random((3, 3000)).astype(np.float32) for _ in range(2)]
@@ -437,6 +440,10 @@ def test_bad_inputs_are_clear_errors() -> None:
         ShardedIndex.build(bad, np.arange(40))
     with pytest.raises(ImtextError, match=r"asks for 256 IVF lists but only 40 training vectors.*IVF25"):
         ShardedIndex.build(x, np.arange(40), factory="IVF256,Flat")
+    with pytest.raises(
+        ImtextError, match=r"training index 'IVF4,PQ4np' on 40 vectors failed: Number of training"
+    ):
+        ShardedIndex.build(x, np.arange(40), factory="IVF4,PQ4np")  # PQ needs 256 points per codebook
     with pytest.raises(ImtextError, match="factory string 'Nonsense12'"):
         ShardedIndex.build(x, np.arange(40), factory="Nonsense12")
     index = ShardedIndex.build(x, np.arange(40))

@@ -43,6 +43,13 @@ def collections(tiny_model, synth_world, tmp_path_factory) -> dict[str, Path]:
         "three": build_collection(tiny_model, data, root / "three", shards=3, splits=["test"], use_ray=False,
                                   progress=False),
     }
+    corrupt = root / "corrupt"  # metadata fine, a shard file damaged (its checksum no longer matches)
+    shutil.copytree(out["B"], corrupt)
+    shard = corrupt / "images" / "shard-000.faiss"
+    raw = bytearray(shard.read_bytes())
+    raw[-100:] = bytes(100)
+    shard.write_bytes(bytes(raw))
+    out["corrupt"] = corrupt
     foreign = root / "foreign"
     shutil.copytree(out["B"], foreign)
     info = json.loads((foreign / "collection.json").read_text())
@@ -124,6 +131,53 @@ def test_decode_image_rejects_each_bad_upload_cleanly(synth_world):
     assert decode_image(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n").code == "not_an_image"
 
 
+def test_call_turns_faults_into_503_and_bugs_into_500():
+    import asyncio
+
+    from ray.serve.exceptions import RayServeException
+
+    from serve.app import ApiError, call
+
+    class FakeResponse:  # what a DeploymentHandle call returns: awaitable, cancellable
+        def __init__(self, body):
+            self.body, self.cancelled = body, False
+
+        def __await__(self):
+            return self.body().__await__()
+
+        def cancel(self):
+            self.cancelled = True
+
+    async def ok():
+        return 42
+
+    async def slow():
+        await asyncio.sleep(30)
+
+    async def overloaded():
+        raise RayServeException("replica queue full")
+
+    async def bug():
+        raise ValueError("a bug in the replica")
+
+    async def run(body, timeout=5.0):
+        r = FakeResponse(body)
+        try:
+            return await call(r, timeout, "index shard"), r
+        except ApiError as e:
+            return e, r
+
+    assert asyncio.run(run(ok))[0] == 42
+    t0 = time.monotonic()
+    err, r = asyncio.run(run(slow, timeout=0.2))
+    assert (err.status, err.code) == (503, "unavailable") and r.cancelled and time.monotonic() - t0 < 5
+    err, _ = asyncio.run(run(overloaded))
+    assert (err.status, err.code) == (503, "unavailable")
+    err, _ = asyncio.run(run(bug))
+    assert (err.status, err.code, err.cause) == (500, "internal", "a bug in the replica")
+    assert "bug" not in err.message  # the client gets no internals
+
+
 def test_read_meta_checks_model_and_shards(tiny_model, collections):
     from serve.meta import ModelMismatch, TooManyShards, read_meta
 
@@ -149,6 +203,8 @@ def test_build_app_and_check_dirs_refuse_bad_input(tiny_model, collections, tmp_
 
     with pytest.raises(ImtextError, match="index_dir is required"):
         build_app({"model_dir": str(tiny_model)})
+    with pytest.raises(ImtextError, match="unknown app argument.*shard_timeout"):
+        build_app({"model_dir": str(tiny_model), "index_dir": str(collections["A"]), "shard_timeout": 3})
     with pytest.raises(ImtextError, match="another space"):
         build_app({"model_dir": str(tiny_model), "index_dir": str(collections["foreign"])})
     with pytest.raises(ImtextError, match="not a model directory"):
@@ -156,6 +212,23 @@ def test_build_app_and_check_dirs_refuse_bad_input(tiny_model, collections, tmp_
     with pytest.raises(ImtextError, match="not an imtext collection"):
         check_dirs(tiny_model, tmp_path)
     assert check_dirs(tiny_model, collections["A"]) == (Path(tiny_model).resolve(), collections["A"].resolve())
+
+
+def test_config_yaml_is_a_valid_serve_config_for_build_app(tiny_model, collections):
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    from serve.app import build_app
+
+    raw = yaml.safe_load((Path(__file__).parents[1] / "serve" / "config.yaml").read_text())
+    config = ServeDeploySchema.model_validate(raw)
+    assert config.http_options.host == "127.0.0.1"
+    [app] = config.applications
+    assert app.import_path == "serve.app:build_app"
+    assert {d.name for d in app.deployments} <= {"TextEncoder", "ImageEncoder", "SearchAPI"}
+    args = {**app.args, "model_dir": str(tiny_model), "index_dir": str(collections["A"])}
+    built = build_app(args)  # every argument the file sets is one build_app understands
+    assert type(built).__name__ == "Application"
 
 
 # ---- the running app --------------------------------------------------------------------------------
@@ -365,8 +438,12 @@ def test_admin_reload_refuses_bad_requests_and_changes_nothing(client, collectio
                  409, "too_many_shards")
     assert_error(client.post("/admin/reload", json={"index_dir": "/no/such/dir"}, headers=auth),
                  400, "bad_index")
+    resp = client.post("/admin/reload", json={"index_dir": str(collections["corrupt"])}, headers=auth)
+    assert_error(resp, 400, "bad_index")
+    assert "corrupt" in resp.json()["error"]["message"]
     assert_error(client.post("/admin/reload", json={}, headers=auth), 422, "invalid_request")
     assert client.get("/info").json() == before
+    assert client.post("/search/text", json={"query": "a red circle", "k": 3}).status_code == 200
 
 
 @pytest.mark.ray

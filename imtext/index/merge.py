@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from imtext.errors import ImtextError
 
@@ -22,7 +23,7 @@ def empty_result(nq: int, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def merge_topk(
-    score_lists: Sequence[np.ndarray], id_lists: Sequence[np.ndarray], k: int
+    score_lists: Sequence[ArrayLike], id_lists: Sequence[ArrayLike], k: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Merge S per-shard results ((Q, k_s) scores and ids) into the global (Q, k) top-k by score.
 
@@ -37,8 +38,10 @@ def merge_topk(
             f"merge_topk needs one id array per score array (got {len(score_lists)} score and "
             f"{len(id_lists)} id arrays, at least one of each)"
         )
+    scores_in = [np.asarray(s) for s in score_lists]  # lists from JSON (a Serve replica's reply) too
+    ids_in = [np.asarray(i) for i in id_lists]
     nq = None
-    for s, i in zip(score_lists, id_lists):
+    for s, i in zip(scores_in, ids_in):
         if s.ndim != 2 or s.shape != i.shape:
             raise ImtextError(
                 f"each shard result must be two (Q, k) arrays of one shape, got {s.shape} and {i.shape}"
@@ -47,8 +50,8 @@ def merge_topk(
             raise ImtextError(f"shard results answer different numbers of queries ({nq} and {s.shape[0]})")
         nq = s.shape[0]
     assert nq is not None
-    scores = np.concatenate(score_lists, axis=1, dtype=np.float32)
-    ids = np.concatenate(id_lists, axis=1, dtype=np.int64)
+    scores = np.concatenate(scores_in, axis=1, dtype=np.float32)
+    ids = np.concatenate(ids_in, axis=1, dtype=np.int64)
     empty = ids < 0
     if empty.any():
         scores = np.where(empty, np.float32(-np.inf), scores)
