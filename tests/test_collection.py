@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -400,31 +399,14 @@ def test_embed_collection_in_process_keeps_id_order(model, val_pairs):
 # ---- coco-mini end to end (the acceptance test) ------------------------------------------------------
 
 
-def test_coco_mini_text_finds_the_right_photo(coco_mini, tmp_path):
+def test_coco_mini_text_finds_the_right_photo(coco_artifacts):
     """EfficientNet-Lite0 features of the 80 train2017 photos -> a BoW model trained on them -> a collection
     of the 79 val2017 photos embedded from raw pixels -> each val caption searches the photos."""
-    from imtext.config import Config
-    from imtext.image.features import compute_features, load_features
-    from imtext.train.loop import train_local
+    from imtext.image.features import load_features
 
-    spec = f"coco:{coco_mini}"
-    t0 = time.perf_counter()
-    train_pairs = load_pairs(spec, splits=["train"])
-    feats = compute_features(train_pairs, backbone="efficientnet_lite0", weights="default", image_size=224,
-                             out_path=tmp_path / "features.parquet", num_threads=2, progress=False)
-    t_feat = time.perf_counter() - t0
-    # val2017 stays unseen until the search: it is neither trained on nor used to pick the epoch (the
-    # "validation" split of this run is train itself, so the last, best-fitting epoch is kept)
-    cfg = Config().override({
-        "data.spec": spec, "data.features": str(feats), "data.train_split": "train", "data.val_split": "train",
-        "image.backbone": "efficientnet_lite0", "text.model": "bow", "text.word_dim": 1024,
-        "model.embed_dim": 128, "model.mlp_hidden": 512, "model.dropout": 0.5, "loss.warmup_epochs": 30,
-        "train.epochs": 8, "train.batch_size": 40, "train.lr": 2e-3, "train.seed": 0,
-        "train.out": str(tmp_path / "model"),
-    })
-    train_local(cfg)
-    t_train = time.perf_counter() - t0 - t_feat
-    model = TwoBranch.load(tmp_path / "model")
+    feats, train_pairs = coco_artifacts["features"], coco_artifacts["train_pairs"]
+    t_feat, t_train, t_build = (coco_artifacts["seconds"][k] for k in ("features", "train", "index"))
+    model = TwoBranch.load(coco_artifacts["model"])
 
     # the raw-pixel path through the stored backbone agrees with the features the model was trained on
     ids, matrix, _ = load_features(feats)
@@ -437,10 +419,7 @@ def test_coco_mini_text_finds_the_right_photo(coco_mini, tmp_path):
     from_pixels = model.embed_images([load_image(first[i]) for i in pick])
     np.testing.assert_allclose(from_pixels, from_features, atol=1e-4)
 
-    index = build_collection(tmp_path / "model", spec, tmp_path / "index", shards=2, splits=["val"],
-                             use_ray=False, batch_size=16, progress=False)
-    t_build = time.perf_counter() - t0 - t_feat - t_train
-    col = Collection.load(index, model_fingerprint=model.fingerprint)
+    col = Collection.load(coco_artifacts["index"], model_fingerprint=model.fingerprint)
     assert col.info["counts"] == {"images": 79, "captions": 395}
     caps = col.caption_rows(range(395))
     _, found = col.images.search(model.embed_texts([r["caption"] for r in caps]), 10)

@@ -46,10 +46,9 @@ class SearchCase:
     image_caption: str       # ... that caption
     example: str             # one of /info's example queries
     example_top_label: str   # text in the top gallery label when that example is clicked
+    name: str = "fake-api"   # which API: screenshots are named after it; the README shows the real app
 
-
-@pytest.fixture(scope="module")
-def search_case(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SearchCase]:
+def _fake_case(tmp_path_factory) -> Iterator[SearchCase]:
     stripes, circle = IMAGES[3], IMAGES[1]
     img = tmp_path_factory.mktemp("upload") / "stripes.png"
     img.write_bytes(stripes.png)
@@ -63,6 +62,57 @@ def search_case(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SearchCase
             example="yellow and black stripes",
             example_top_label=stripes.captions[0],
         )
+
+
+def _serve_case(request) -> Iterator[SearchCase]:
+    """The real Ray Serve app over a small index of real photos (coco-mini val2017, EfficientNet-Lite0).
+
+    The sentence, the upload and the example are taken where this model is right in-process (a caption
+    whose photo it ranks first, a photo whose own caption it ranks first), so the page is checked against
+    answers the pipeline is known to give."""
+    from imtext.collection import Collection
+    from imtext.data import load_image
+    from imtext.model import TwoBranch
+    from serve.launch import start
+
+    artifacts = request.getfixturevalue("coco_artifacts")
+    request.getfixturevalue("ray_session")
+    model = TwoBranch.load(artifacts["model"])
+    col = Collection.load(artifacts["index"])
+    caps = col.caption_rows(range(col.captions.ntotal))
+    _, top_image = col.images.search(model.embed_texts([c["caption"] for c in caps]), 1)
+    hits = [c for c, top in zip(caps, top_image[:, 0]) if top == c["image"]]
+    sentence = hits[0]
+    images = col.image_rows(range(col.images.ntotal))
+    _, top_caption = col.captions.search(model.embed_images([load_image(r["image_path"]) for r in images]), 1)
+    # a photo whose best caption is its own first caption (the one its gallery label shows)
+    upload = next(r for r, top in zip(images, top_caption[:, 0]) if caps[top]["caption"] == r["caption"])
+    running = start(artifacts["model"], artifacts["index"], port=free_port())
+    try:
+        info = httpx.get(f"{running.url}/info", timeout=30).json()
+        example = info["examples"][0]
+        example_top = httpx.post(f"{running.url}/search/text", json={"query": example, "k": 1}, timeout=60).json()
+        yield SearchCase(
+            api_url=running.url,
+            sentence=sentence["caption"],
+            sentence_top_label=col.image_rows([sentence["image"]])[0]["caption"],
+            image_path=Path(upload["image_path"]),
+            image_caption=upload["caption"],
+            example=example,
+            example_top_label=example_top["results"][0]["caption"],
+            name="serve-app",
+        )
+    finally:
+        running.stop()
+
+
+@pytest.fixture(scope="module", params=["fake-api", "serve-app"])
+def search_case(request, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SearchCase]:
+    """The page against a fake API with a ranking known in advance, then against the real Serve app."""
+    if request.param == "fake-api":
+        yield from _fake_case(tmp_path_factory)
+    else:
+        yield from _serve_case(request)
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +163,11 @@ def page(browser_context, page_url: str, external_requests: list[str]):
     pg.close()
 
 
+def _docs_name(case: SearchCase, name: str) -> str | None:
+    """Only the real app's page goes into the README."""
+    return name if case.name == "serve-app" else None
+
+
 def _shot(pg, name: str, docs_name: str | None = None) -> Path:
     """Screenshot into test-artifacts/; docs/screenshots/ only if missing or IMTEXT_UPDATE_SCREENSHOTS=1,
     so a test run does not dirty tracked files with every latency number."""
@@ -157,7 +212,7 @@ def test_sentence_search_shows_the_expected_image_first(page, search_case: Searc
     # latency of this query is now in the footer
     expect(page.locator("#imtext-footer")).to_contain_text("ms round trip")
     page.locator("#text-gallery img").first.wait_for(state="visible")
-    _shot(page, "text-search", "ui-text-search.png")
+    _shot(page, f"text-search-{search_case.name}", _docs_name(search_case, "ui-text-search.png"))
 
     # Enter submits too, and a clicked example runs its own search
     _query_box(page).fill("")
@@ -189,7 +244,7 @@ def test_image_search_ranks_its_own_caption_first(page, search_case: SearchCase)
     assert rows.count() >= 2
     expect(page.locator("#image-gallery .caption-label").first).to_contain_text(search_case.image_caption)
     page.locator("#image-gallery img").first.wait_for(state="visible")
-    _shot(page, "image-search", "ui-image-search.png")
+    _shot(page, f"image-search-{search_case.name}", _docs_name(search_case, "ui-image-search.png"))
 
 
 @pytest.mark.browser
@@ -206,7 +261,7 @@ def test_empty_query_shows_the_api_message_not_a_traceback(page, search_case: Se
     expect(page.get_by_test_id("toast-body")).to_contain_text(message)
     body = page.locator("body").inner_text()
     assert "Traceback" not in body
-    _shot(page, "empty-query")
+    _shot(page, f"empty-query-{search_case.name}")
 
     # what the user typed is echoed literally, not rendered as Markdown/HTML
     odd = "a *blue* <b>circle</b> & [x](y) #tag_a_b"
