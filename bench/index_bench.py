@@ -3,7 +3,7 @@ recall@10 against exact search, for Flat, IVF-Flat, HNSW and IVF-PQ at 1, 2 and 
 
     python bench/index_bench.py                 # 1,000,000 x 512 (long on 2 cores)
     python bench/index_bench.py --n 200000      # scaled down
-    python bench/index_bench.py --quick         # smoke run (20,000 vectors, a few seconds)
+    python bench/index_bench.py --quick         # smoke run (20,000 vectors, a couple of minutes)
 
 Data: seeded clustered vectors (Gaussian blobs around random unit centres, L2-normalised); queries are
 data points plus a little noise. Ground truth is exact search (Flat, one shard). Rows are printed as they

@@ -133,6 +133,9 @@ def test_asha_search_writes_outputs_resumes_and_best_yaml_retrains(ray_session, 
     assert model.config.loss.negatives == best["loss.negatives"]
     assert not (run_dir / "best_model" / "train_state.pt").exists()
     assert (run_dir / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # a finished search keeps its checkpoints' weights but drops their optimiser state
+    assert len(list(run_dir.glob("*/checkpoint_*/weights.safetensors"))) >= 4
+    assert not list(run_dir.glob("*/checkpoint_*/train_state.pt"))
 
     # --resume on a finished run: restores the experiment, reruns nothing, writes the same table again
     (run_dir / "results.parquet").unlink()

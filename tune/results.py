@@ -47,10 +47,19 @@ def _best_checkpoint(result, metric: str, best: dict[str, Any]) -> str:
     return str(path) if isinstance(path, str) and path else ""
 
 
+def trial_statuses(grid) -> dict[str, str]:
+    """trial id -> Tune's status (TERMINATED, ERROR, RUNNING, PAUSED, PENDING). ResultGrid exposes only the
+    counts publicly; the per-trial list sits behind it (empty if a later Ray moves it)."""
+    trials = getattr(getattr(grid, "_experiment_analysis", None), "trials", None) or []
+    return {t.trial_id: str(t.status) for t in trials}
+
+
 def trial_rows(grid, spec: dict[str, Any]) -> list[dict[str, Any]]:
-    """One dict per trial (see the module docstring)."""
+    """One dict per trial (see the module docstring). status: done | stopped (by ASHA) | error |
+    interrupted (the search was stopped before this trial ended; `--resume` continues it)."""
     base = Config.from_dict(spec["base"])
     metric = spec["metric"]
+    statuses = trial_statuses(grid)
     rows = []
     for result in grid:
         params = expand(dict(result.config or {}))
@@ -61,7 +70,13 @@ def trial_rows(grid, spec: dict[str, Any]) -> list[dict[str, Any]]:
         best = max(history, key=lambda h: _nan(h[metric])) if history else {}
         last = history[-1] if history else {}
         trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
-        status = "error" if result.error else ("stopped" if len(history) < cfg.train.epochs else "done")
+        tune_status = statuses.get(trial_id, "TERMINATED")
+        if result.error:
+            status = "error"
+        elif tune_status not in ("TERMINATED", "ERROR"):
+            status = "interrupted"
+        else:
+            status = "stopped" if len(history) < cfg.train.epochs else "done"
         row: dict[str, Any] = {"trial_id": trial_id, "status": status, **params, "epochs": len(history)}
         row["best_epoch"] = int(best["epoch"]) if best else -1
         row.update({f"best_{k}": _nan(best.get(k)) for k in METRIC_KEYS})

@@ -313,8 +313,8 @@ class ShardedIndex:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Global top-k by cosine: scores (Q, k) float32, descending, and ids (Q, k) int64.
 
-        nprobe (IVF) and ef_search (HNSW) hold for this call only. Slots beyond the vectors there are
-        come back as id -1, score -inf.
+        nprobe (IVF) and ef_search (HNSW) hold for this call only. Slots left empty (k larger than the
+        index, or an approximate search that found fewer) come back as id -1, score -inf.
         """
         q = _as_matrix(queries, "queries")
         if q.shape[1] != self._dim:
