@@ -43,25 +43,24 @@ def _config_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+FLAG_KEYS = {
+    "data": "data.spec", "features": "data.features", "text_model": "text.model", "backbone": "image.backbone",
+    "negatives": "loss.negatives", "margin": "loss.margin", "epochs": "train.epochs",
+    "batch_size": "train.batch_size", "lr": "train.lr", "seed": "train.seed", "out": "train.out",
+    "workers": "train.workers",
+}
+
+
+def flag_overrides(args: argparse.Namespace) -> dict:
+    """The config keys that command-line flags set explicitly (typed values, unset flags left out)."""
+    return {key: getattr(args, name) for name, key in FLAG_KEYS.items() if getattr(args, name, None) is not None}
+
+
 def _load_config(args: argparse.Namespace):
     from imtext.config import Config
 
     cfg = Config.load(args.config) if getattr(args, "config", None) else Config()
-    flags = {
-        "data.spec": getattr(args, "data", None),
-        "data.features": getattr(args, "features", None),
-        "text.model": getattr(args, "text_model", None),
-        "image.backbone": getattr(args, "backbone", None),
-        "loss.negatives": getattr(args, "negatives", None),
-        "loss.margin": getattr(args, "margin", None),
-        "train.epochs": getattr(args, "epochs", None),
-        "train.batch_size": getattr(args, "batch_size", None),
-        "train.lr": getattr(args, "lr", None),
-        "train.seed": getattr(args, "seed", None),
-        "train.out": getattr(args, "out", None),
-        "train.workers": getattr(args, "workers", None),
-    }
-    cfg = cfg.override({k: v for k, v in flags.items() if v is not None})
+    cfg = cfg.override(flag_overrides(args))
     if getattr(args, "gpu", None) is not None:
         cfg.train.use_gpu = args.gpu
     return cfg.override(getattr(args, "overrides", []) or []).validate()

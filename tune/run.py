@@ -275,16 +275,11 @@ def unfinished(grid, spec: dict[str, Any], space: Space) -> int:
 
 
 # The flags of imtext.cli's config options, as Config keys (mirrors imtext.cli._load_config).
-FLAG_KEYS = {
-    "data": "data.spec", "features": "data.features", "text_model": "text.model", "backbone": "image.backbone",
-    "negatives": "loss.negatives", "margin": "loss.margin", "epochs": "train.epochs",
-    "batch_size": "train.batch_size", "lr": "train.lr", "seed": "train.seed",
-}
-
-
 def explicit_overrides(args: argparse.Namespace) -> list[str]:
     """What the command line set explicitly (flags and --set), to apply over the space's `base:`."""
-    flags = [f"{key}={getattr(args, name)}" for name, key in FLAG_KEYS.items() if getattr(args, name, None) is not None]
+    from imtext.cli import flag_overrides
+
+    flags = [f"{key}={value}" for key, value in flag_overrides(args).items()]
     return flags + list(getattr(args, "overrides", None) or [])
 
 
