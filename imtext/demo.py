@@ -47,7 +47,7 @@ def plan(args: argparse.Namespace) -> DemoPlan:
     overrides: dict = {"data.spec": spec, "train.out": str(p.model_dir), "train.workers": 1}
     if synth:
         # More scenes, few epochs: the world is free to draw and a small one overfits within 3 epochs.
-        overrides.update({"train.epochs": 2 if args.tiny else 5, "train.cpus_per_worker": 2.0})
+        overrides.update({"train.epochs": 2 if args.tiny else 4, "train.cpus_per_worker": 2.0})
         if args.tiny:
             overrides.update({"text.hidden_dim": 64, "model.embed_dim": 64, "model.mlp_hidden": 128, "loss.warmup_epochs": 1})
     else:
@@ -92,7 +92,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
             if world.exists():
                 shutil.rmtree(world)
-            generate(world, n_images=300 if p.tiny else 3000, seed=0, order_pairs=30 if p.tiny else 150)
+            generate(world, n_images=300 if p.tiny else 2000, seed=0, order_pairs=30 if p.tiny else 100)
     else:
         from imtext.data import load_pairs
 
