@@ -48,7 +48,7 @@ def plain(cfg: Config, warmup: int, steps: int, threads: int) -> dict:
     return {"samples_per_s": steps * per_step / seconds, "startup_s": 0.0}
 
 
-def ray_worker(config: dict) -> None:
+def ray_worker(config: dict) -> dict:
     """Ray Train's per-worker function for the benchmark: the same steps, timed inside the worker."""
     import ray.train
     import ray.train.torch
@@ -61,7 +61,8 @@ def ray_worker(config: dict) -> None:
     model = ray.train.torch.prepare_model(run.model, move_to_device=False) if run.world > 1 else run.model
     first_step = time.time()
     seconds, per_step = timed_steps(run, model, config["warmup"], config["steps"])
-    ray.train.report({"seconds": seconds, "global_batch": per_step * run.world, "first_step_at": first_step})
+    # Ray Train returns rank 0's return value as `Result.return_value`
+    return {"seconds": seconds, "global_batch": per_step * run.world, "first_step_at": first_step}
 
 
 def with_ray(cfg: Config, workers: int, warmup: int, steps: int, threads: int) -> dict:
@@ -77,7 +78,7 @@ def with_ray(cfg: Config, workers: int, warmup: int, steps: int, threads: int) -
     )
     started = time.time()
     result = trainer.fit()
-    m = result.metrics
+    m = result.return_value
     return {"samples_per_s": steps * m["global_batch"] / m["seconds"], "startup_s": m["first_step_at"] - started}
 
 

@@ -84,7 +84,8 @@ def read_info(folder: str | os.PathLike) -> dict[str, Any]:
     return info
 
 
-def _read_table(folder: Path, name: str, schema: pa.Schema, sha: str | None) -> pa.Table:
+def read_table(folder: Path, name: str, schema: pa.Schema, sha: str | None) -> pa.Table:
+    """One metadata table of a collection, checked against its checksum and schema (Serve reads these too)."""
     path = folder / name
     if not path.is_file():
         raise ImtextError(f"{path} is missing: {REBUILD}")
@@ -137,8 +138,8 @@ class Collection:
         images = ShardedIndex.load(folder / "images", shard=shard, model_fingerprint=fp, mmap=mmap)
         captions = ShardedIndex.load(folder / "captions", shard=shard, model_fingerprint=fp, mmap=mmap)
         files = info.get("files", {})
-        image_table = _read_table(folder, IMAGES_PARQUET, IMAGES_SCHEMA, files.get(IMAGES_PARQUET))
-        caption_table = _read_table(folder, CAPTIONS_PARQUET, CAPTIONS_SCHEMA, files.get(CAPTIONS_PARQUET))
+        image_table = read_table(folder, IMAGES_PARQUET, IMAGES_SCHEMA, files.get(IMAGES_PARQUET))
+        caption_table = read_table(folder, CAPTIONS_PARQUET, CAPTIONS_SCHEMA, files.get(CAPTIONS_PARQUET))
         counts = info["counts"]
         for name, table, index in (("images", image_table, images), ("captions", caption_table, captions)):
             total = index.manifest["total"]

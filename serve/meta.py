@@ -15,11 +15,17 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from imtext.collection import CAPTIONS_PARQUET, CAPTIONS_SCHEMA, IMAGES_PARQUET, IMAGES_SCHEMA, read_info
+from imtext.collection import (
+    CAPTIONS_PARQUET,
+    CAPTIONS_SCHEMA,
+    IMAGES_PARQUET,
+    IMAGES_SCHEMA,
+    read_info,
+    read_table,
+)
 from imtext.errors import ImtextError
-from imtext.index.manifest import read_manifest, sha256_file
+from imtext.index.manifest import read_manifest
 
 KINDS = ("images", "captions")
 REBUILD = "rebuild it with `imtext index build`"
@@ -98,22 +104,6 @@ class CollectionMeta:
         }
 
 
-def _read_table(folder: Path, name: str, schema: pa.Schema, sha: str | None) -> pa.Table:
-    path = folder / name
-    if not path.is_file():
-        raise ImtextError(f"{path} is missing: {REBUILD}")
-    if sha is not None and sha256_file(path) != sha:
-        raise ImtextError(f"{path} differs from the checksum in collection.json: {REBUILD}")
-    try:
-        table = pq.read_table(path)
-    except Exception as e:  # pyarrow raises several types for a damaged file
-        raise ImtextError(f"cannot read {path} ({e}): {REBUILD}") from None
-    missing = sorted(set(schema.names) - set(table.column_names))
-    if missing:
-        raise ImtextError(f"{path} lacks columns {missing}: {REBUILD}")
-    return table.select(schema.names)
-
-
 def _examples(images: pa.Table, n: int) -> list[str]:
     """The first caption of n images spread evenly over the collection (the page's example queries)."""
     if n < 1 or len(images) == 0:
@@ -166,8 +156,8 @@ def read_meta(
             f"replicas; redeploy with its index_dir (`serve deploy` / `imtext serve`) to add replicas"
         )
     files = info.get("files", {})
-    images = _read_table(folder, IMAGES_PARQUET, IMAGES_SCHEMA, files.get(IMAGES_PARQUET))
-    captions = _read_table(folder, CAPTIONS_PARQUET, CAPTIONS_SCHEMA, files.get(CAPTIONS_PARQUET))
+    images = read_table(folder, IMAGES_PARQUET, IMAGES_SCHEMA, files.get(IMAGES_PARQUET))
+    captions = read_table(folder, CAPTIONS_PARQUET, CAPTIONS_SCHEMA, files.get(CAPTIONS_PARQUET))
     for kind, table in (("images", images), ("captions", captions)):
         if len(table) != manifests[kind]["total"]:
             raise ImtextError(

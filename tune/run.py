@@ -37,32 +37,16 @@ def multi_worker_trial(config: dict[str, Any], base: dict[str, Any], storage: st
     """One trial as a Ray Train run on train.workers workers; TuneReportCallback forwards each report
     (checkpoints stay in the Train run's storage; their paths arrive as `checkpoint_path`)."""
     import ray.tune
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from imtext.train.loop import train_func, trial_config
+    from imtext.train.loop import trial_config
+    from imtext.train.ray_train import build_trainer
 
     cfg = trial_config({"base": base, "params": expand(config)})
-    resources = {"CPU": cfg.train.cpus_per_worker}
-    if cfg.train.use_gpu:
-        resources["GPU"] = 1
-    trainer = TorchTrainer(
-        train_func,
-        train_loop_config={"config": cfg.to_dict()},
-        scaling_config=ScalingConfig(
-            num_workers=cfg.train.workers, use_gpu=cfg.train.use_gpu, resources_per_worker=resources
-        ),
-        run_config=RunConfig(
-            # The trial id is stable across a restore, so a resumed trial finds its Train run again.
-            name=f"train_{ray.tune.get_context().get_trial_id()}",
-            storage_path=storage,
-            callbacks=[TuneReportCallback()],
-            checkpoint_config=CheckpointConfig(
-                num_to_keep=1, checkpoint_score_attribute=metric, checkpoint_score_order="max"
-            ),
-            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
-        ),
+    # The trial id is stable across a restore, so a resumed trial finds its Train run again.
+    trainer = build_trainer(
+        cfg, f"train_{ray.tune.get_context().get_trial_id()}", storage,
+        callbacks=[TuneReportCallback()], num_to_keep=1, metric=metric,
     )
     result = trainer.fit()
     if result.error:

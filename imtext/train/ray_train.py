@@ -39,9 +39,6 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 
 def fit(cfg: Config, resume: bool = False, address: str | None = None, callbacks: list | None = None):
     """Run training under TorchTrainer and write the best checkpoint to `train.out`. Returns the Result."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
     cfg.validate()
     if cfg.train.workers < 1:
         raise ImtextError("Ray Train needs train.workers >= 1 (use --workers 0 for the plain in-process loop)")
@@ -52,10 +49,30 @@ def fit(cfg: Config, resume: bool = False, address: str | None = None, callbacks
     elif resume and not run_dir.exists():
         raise ImtextError(f"nothing to resume: no Ray Train run at {run_dir}")
     ensure_ray(address)
+    trainer = build_trainer(cfg, name, storage, callbacks=callbacks)
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    export_best(result, cfg.train.out)
+    return result
+
+
+def build_trainer(
+    cfg: Config,
+    name: str,
+    storage_path: str,
+    callbacks: list | None = None,
+    num_to_keep: int | None = None,
+    metric: str = BEST_METRIC,
+):
+    """TorchTrainer running `train_func` as `cfg` says (workers, GPUs, checkpoints kept, restarts)."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
     resources = {"CPU": cfg.train.cpus_per_worker}
     if cfg.train.use_gpu:
         resources["GPU"] = 1
-    trainer = TorchTrainer(
+    return TorchTrainer(
         train_func,
         train_loop_config={"config": cfg.to_dict()},
         scaling_config=ScalingConfig(
@@ -63,21 +80,16 @@ def fit(cfg: Config, resume: bool = False, address: str | None = None, callbacks
         ),
         run_config=RunConfig(
             name=name,
-            storage_path=storage,
+            storage_path=storage_path,
             checkpoint_config=CheckpointConfig(
-                num_to_keep=cfg.train.num_to_keep,
-                checkpoint_score_attribute=BEST_METRIC,
+                num_to_keep=num_to_keep or cfg.train.num_to_keep,
+                checkpoint_score_attribute=metric,
                 checkpoint_score_order="max",
             ),
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
             callbacks=callbacks or None,
         ),
     )
-    result = trainer.fit()
-    if result.error:
-        raise result.error
-    export_best(result, cfg.train.out)
-    return result
 
 
 def export_best(result, out: str | Path) -> Path:
