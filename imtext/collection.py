@@ -313,6 +313,17 @@ def _refuse_foreign_folder(out: Path) -> None:
         )
 
 
+def _embed(model_dir, model, images: pa.Table, captions: pa.Table, use_ray: bool, actors: int,
+           batch_size: int, progress: bool):
+    """Embed the new images and captions (Ray Data when `use_ray`), the one step build and add share."""
+    _ensure_ray(use_ray)
+    return embed_collection(
+        Path(model_dir).resolve(), images.column("id").to_pylist(), images.column("image_path").to_pylist(),
+        captions.column("id").to_pylist(), captions.column("caption").to_pylist(),
+        use_ray=use_ray, actors=actors, batch_size=batch_size, model=model, progress=progress,
+    )
+
+
 def build_collection(
     model_dir: str | os.PathLike,
     data_spec: str,
@@ -337,12 +348,7 @@ def build_collection(
     dim = int(model.config.model.embed_dim)
     _check_factory(factory, dim, len(images), shards)
 
-    _ensure_ray(use_ray)
-    report = embed_collection(
-        Path(model_dir).resolve(), images.column("id").to_pylist(), images.column("image_path").to_pylist(),
-        captions.column("id").to_pylist(), captions.column("caption").to_pylist(),
-        use_ray=use_ray, actors=actors, batch_size=batch_size, model=model, progress=progress,
-    )
+    report = _embed(model_dir, model, images, captions, use_ray, actors, batch_size, progress)
     rows = []
     with atomic_dir(out) as tmp:
         files = {}
@@ -453,12 +459,7 @@ def add_to_collection(
     next_caption = max(int(next_caption), int(col._caption_ids.max(initial=-1)) + 1)
     images, captions = _split_tables(pairs, next_image, next_caption, image_index=known_images)
 
-    _ensure_ray(use_ray)
-    report = embed_collection(
-        Path(model_dir).resolve(), images.column("id").to_pylist(), images.column("image_path").to_pylist(),
-        captions.column("id").to_pylist(), captions.column("caption").to_pylist(),
-        use_ray=use_ray, actors=actors, batch_size=batch_size, model=model, progress=progress,
-    )
+    report = _embed(model_dir, model, images, captions, use_ray, actors, batch_size, progress)
     rows = []
     with atomic_dir(folder) as tmp:
         _copy_collection(folder, tmp)
