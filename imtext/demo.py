@@ -47,7 +47,7 @@ def plan(args: argparse.Namespace) -> DemoPlan:
     overrides: dict = {"data.spec": spec, "train.out": str(p.model_dir), "train.workers": 1}
     if synth:
         # More scenes, few epochs: the world is free to draw and a small one overfits within 3 epochs.
-        overrides.update({"train.epochs": 2 if args.tiny else 4, "train.cpus_per_worker": 2.0})
+        overrides.update({"train.epochs": 2 if args.tiny else 4, "train.batch_size": 128, "train.cpus_per_worker": 2.0})
         if args.tiny:
             overrides.update({"text.hidden_dim": 64, "model.embed_dim": 64, "model.mlp_hidden": 128, "loss.warmup_epochs": 1})
     else:
