@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from imtext.loss import RankingLoss
+from imtext.loss import RankingLoss, same_image_mask
 
 
 def is_distributed() -> bool:
@@ -27,11 +27,6 @@ def gather_no_grad(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts, dim=0)
 
 
-def positive_mask(image_index: torch.Tensor) -> torch.Tensor:
-    """True where caption j describes image i (one image often appears twice in a batch)."""
-    return image_index[:, None] == image_index[None, :]
-
-
 def batch_loss(
     loss_fn: RankingLoss,
     img: torch.Tensor,
@@ -48,4 +43,4 @@ def batch_loss(
     if gather and is_distributed():
         img, txt = gather_with_grad(img), gather_with_grad(txt)
         image_index = gather_no_grad(image_index)
-    return loss_fn(img, txt, positive_mask(image_index))
+    return loss_fn(img, txt, same_image_mask(image_index))  # one image often appears twice
