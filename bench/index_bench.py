@@ -305,6 +305,30 @@ def summarize(rows: list[Row], q: np.ndarray, shard_counts: list[int]) -> None:
                     f"   single {b.single_qps / r.single_qps - 1:+6.1%}"
                 )
         print(f"  merge_topk alone, 4 lists of k={K}: {merge_cost_us(q, 4):.2f} us per query (batched)")
+        print_equal_recall(rows)
+
+
+def print_equal_recall(rows: list[Row], targets: tuple[float, ...] = (0.8, 0.9, 0.95)) -> None:
+    """Sharding changes recall as well as speed (4 HNSW graphs searched at one efSearch find more than one
+    graph does), so also compare the fastest setting that reaches each recall target."""
+    print("at equal recall, the fastest batched q/s reaching each recall@10 target, 1 shard vs 4 shards:")
+    for factory in dict.fromkeys(r.factory for r in rows if r.factory != "Flat"):
+        cells = []
+        for target in targets:
+            best = {}
+            for shards in (1, 4):
+                ok = [
+                    r.batch_qps
+                    for r in rows
+                    if r.factory == factory and r.shards == shards and r.recall >= target
+                ]
+                best[shards] = max(ok, default=None)
+            if best[1] and best[4]:
+                cells.append(f">={target}: {best[1]:,.0f} vs {best[4]:,.0f} ({best[1] / best[4] - 1:+.0%})")
+            else:
+                one, four = (f"{best[n]:,.0f}" if best[n] else "-" for n in (1, 4))
+                cells.append(f">={target}: {one} vs {four}")
+        print(f"  {factory:>16}  " + "; ".join(cells))
 
 
 if __name__ == "__main__":

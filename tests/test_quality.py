@@ -15,11 +15,13 @@ from imtext.train.batches import SplitView
 from imtext.train.loop import train_local
 
 # A larger world beats more epochs: 1,200 scenes overfit after ~3 epochs (validation rsum fell from 232 to 160),
-# 4,000 scenes keep improving. Measured here (5 epochs, the default batch of 64): test rsum 282 (GRU) / 255
-# (BoW); on the order split 254 (GRU) / 226 (BoW).
+# 4,000 scenes keep improving. Measured here with the default config (smallcnn with CoordConv and two convs per
+# stage, batch 64) after 7 epochs: test rsum 312.6 (seed 0, this test; 303.1 with train.seed=1), order split
+# GRU vs BoW below. docs/BENCHMARKS.md has the runs that led to these defaults.
 SCENES, ORDER_PAIRS, SEED = 4000, 150, 7
-EPOCHS = 5
-MIN_TEST_RSUM = 240  # of 600, on 400 test images; the target in the issue (300) is not reached yet
+EPOCHS = 7
+MIN_TEST_RSUM = 300  # of 600, on 400 test images: the issue's bar (measured 312.6 on this seed)
+MIN_ORDER_GAP = 20  # GRU over bag of words on captions that differ only in word order
 
 
 @pytest.fixture(scope="module")
@@ -55,4 +57,4 @@ def test_default_model_and_word_order(world, tmp_path):
         f"training {default['seconds']['train']:.0f} s + {bow['seconds']['train']:.0f} s"
     )
     assert default["test"]["rsum"] >= MIN_TEST_RSUM
-    assert default["order"]["rsum"] - bow["order"]["rsum"] >= 20
+    assert default["order"]["rsum"] - bow["order"]["rsum"] >= MIN_ORDER_GAP
