@@ -16,8 +16,8 @@ from imtext.train.loop import train_local
 
 # A larger world beats more epochs: 1,200 scenes overfit after ~3 epochs (validation rsum fell from 232 to 160),
 # 4,000 scenes keep improving. Measured here with the default config (smallcnn with CoordConv and two convs per
-# stage, batch 64) after 7 epochs: test rsum 312.6 (seed 0, this test; 303.1 with train.seed=1), order split
-# GRU vs BoW below. docs/BENCHMARKS.md has the runs that led to these defaults.
+# stage, batch 64) after 7 epochs: test rsum 312.6 (seed 0, this test; 303.1 with train.seed=1); on the order
+# split 258.1 (GRU) vs 235.3 (BoW). docs/BENCHMARKS.md has the runs that led to these defaults.
 SCENES, ORDER_PAIRS, SEED = 4000, 150, 7
 EPOCHS = 7
 MIN_TEST_RSUM = 300  # of 600, on 400 test images: the bar (measured 312.6 on this seed)
