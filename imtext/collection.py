@@ -18,7 +18,6 @@ crash or a refused add leaves the previous collection as it was, and a reader ne
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import time
@@ -34,12 +33,11 @@ from imtext.atomic import atomic_dir, atomic_path, write_json
 from imtext.embed import CAPTION, IMAGE, embed_collection, embedding_files, write_embeddings
 from imtext.errors import ImtextError
 from imtext.index import ShardedIndex
-from imtext.index.manifest import sha256_file
+from imtext.index.manifest import REBUILD, read_versioned_json, sha256_file
 
 FORMAT_VERSION = 1
 INFO = "collection.json"
 IMAGES_PARQUET, CAPTIONS_PARQUET = "images.parquet", "captions.parquet"
-REBUILD = "rebuild it with `imtext index build`"
 
 IMAGES_SCHEMA = pa.schema(
     [("id", pa.int64()), ("image_id", pa.string()), ("image_path", pa.string()), ("caption", pa.string())]
@@ -65,23 +63,14 @@ def _now() -> str:
 
 def read_info(folder: str | os.PathLike) -> dict[str, Any]:
     """collection.json, checked enough that later code can trust its keys."""
-    folder = Path(folder)
-    path = folder / INFO
-    if not folder.is_dir():
-        raise ImtextError(f"index folder {folder} does not exist: build one with `imtext index build`")
-    if not path.is_file():
-        raise ImtextError(f"{folder} is not an imtext collection ({INFO} is missing): {REBUILD}")
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ImtextError(f"{path} is not valid JSON ({e}): {REBUILD}") from None
-    if not isinstance(info, dict) or info.get("format_version") != FORMAT_VERSION:
-        version = info.get("format_version") if isinstance(info, dict) else None
-        raise ImtextError(f"{path} has collection format {version!r}, this imtext reads {FORMAT_VERSION}: {REBUILD}")
-    missing = [k for k in ("model_fingerprint", "model_dir", "counts", "factory", "shards") if k not in info]
-    if missing:
-        raise ImtextError(f"{path} lacks {', '.join(missing)}: {REBUILD}")
-    return info
+    return read_versioned_json(
+        folder,
+        INFO,
+        kind="collection",
+        version=FORMAT_VERSION,
+        missing=f"{folder} is not an imtext collection ({INFO} is missing)",
+        required=("model_fingerprint", "model_dir", "counts", "factory", "shards"),
+    )
 
 
 def read_table(folder: Path, name: str, schema: pa.Schema, sha: str | None) -> pa.Table:

@@ -38,31 +38,45 @@ def write_manifest(folder: str | os.PathLike, manifest: dict[str, Any]) -> None:
     write_json(Path(folder) / MANIFEST, manifest)
 
 
-def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
-    """Read and sanity-check manifest.json; every problem is an ImtextError that says what to do."""
-    path = Path(folder) / MANIFEST
+def read_versioned_json(
+    folder: str | os.PathLike, name: str, *, kind: str, version: int, missing: str, required: tuple[str, ...]
+) -> dict[str, Any]:
+    """folder/name as a dict, checked for its format version and `required` keys; every problem is an
+    ImtextError that says what to do. `kind` names the document in messages, `missing` is the message
+    for a folder without the file. Index manifests and collection files both come through here."""
+    path = Path(folder) / name
     if not Path(folder).is_dir():
         raise ImtextError(f"index folder {folder} does not exist: build one with `imtext index build`")
     if not path.is_file():
-        raise ImtextError(f"{path} is missing, so {folder} is not a complete imtext index: {REBUILD}")
+        raise ImtextError(f"{missing}: {REBUILD}")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        document = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ImtextError(f"{path} is not valid JSON ({e}): {REBUILD}") from None
-    if not isinstance(manifest, dict):
-        raise ImtextError(f"{path} is not an imtext index manifest: {REBUILD}")
-    version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
+    if not isinstance(document, dict):
+        raise ImtextError(f"{path} is not an imtext {kind} file: {REBUILD}")
+    found = document.get("format_version")
+    if found != version:
         raise ImtextError(
-            f"{path} has index format version {version!r}, this imtext reads version {FORMAT_VERSION}: {REBUILD}"
+            f"{path} has {kind} format version {found!r}, this imtext reads version {version}: {REBUILD}"
         )
-    missing = [
-        key
-        for key in ("model_fingerprint", "dim", "metric", "factory", "shards", "total")
-        if key not in manifest
-    ]
-    if missing:
-        raise ImtextError(f"{path} lacks {', '.join(missing)}: {REBUILD}")
+    absent = [key for key in required if key not in document]
+    if absent:
+        raise ImtextError(f"{path} lacks {', '.join(absent)}: {REBUILD}")
+    return document
+
+
+def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
+    """Read and sanity-check manifest.json; every problem is an ImtextError that says what to do."""
+    path = Path(folder) / MANIFEST
+    manifest = read_versioned_json(
+        folder,
+        MANIFEST,
+        kind="index",
+        version=FORMAT_VERSION,
+        missing=f"{path} is missing, so {folder} is not a complete imtext index",
+        required=("model_fingerprint", "dim", "metric", "factory", "shards", "total"),
+    )
     if manifest["metric"] != METRIC:
         raise ImtextError(
             f"{path} says metric {manifest['metric']!r}; imtext indexes use {METRIC!r}: {REBUILD}"
