@@ -45,10 +45,21 @@ class Result:
     lat_ms: np.ndarray
 
     def row(self, base_p50: float | None) -> list[str]:
-        p50, p95, p99 = (np.percentile(self.lat_ms, q) if len(self.lat_ms) else float("nan") for q in (50, 95, 99))
+        p50, p95, p99 = (
+            np.percentile(self.lat_ms, q) if len(self.lat_ms) else float("nan") for q in (50, 95, 99)
+        )
         overhead = f"{p50 / base_p50:.0f}x" if base_p50 else ("1x" if self.name == "in-process" else "")
-        return [self.name, str(self.concurrency), str(self.requests), f"{p50:.1f}", f"{p95:.1f}", f"{p99:.1f}",
-                f"{self.requests / self.seconds:.0f}", str(self.errors), overhead]
+        return [
+            self.name,
+            str(self.concurrency),
+            str(self.requests),
+            f"{p50:.1f}",
+            f"{p95:.1f}",
+            f"{p99:.1f}",
+            f"{self.requests / self.seconds:.0f}",
+            str(self.errors),
+            overhead,
+        ]
 
 
 def free_port() -> int:
@@ -65,13 +76,22 @@ def make_world(root: Path) -> tuple[Path, Path]:
     from imtext.train.loop import train_local
 
     world = generate(root / "world", n_images=600, seed=1, order_pairs=40)
-    cfg = Config().override({
-        "data.spec": f"synth:{world}", "text.word_dim": 64, "text.hidden_dim": 96, "model.embed_dim": 64,
-        "model.mlp_hidden": 128, "train.epochs": 2, "train.batch_size": 64, "train.out": str(root / "model"),
-    })
+    cfg = Config().override(
+        {
+            "data.spec": f"synth:{world}",
+            "text.word_dim": 64,
+            "text.hidden_dim": 96,
+            "model.embed_dim": 64,
+            "model.mlp_hidden": 128,
+            "train.epochs": 2,
+            "train.batch_size": 64,
+            "train.out": str(root / "model"),
+        }
+    )
     train_local(cfg)
-    index = build_collection(root / "model", f"synth:{world}", root / "index", shards=2, use_ray=False,
-                             progress=False)
+    index = build_collection(
+        root / "model", f"synth:{world}", root / "index", shards=2, use_ray=False, progress=False
+    )
     return root / "model", index
 
 
@@ -83,7 +103,9 @@ def in_process(model_dir: Path, index_dir: Path, queries: list[str], n: int) -> 
 
     model = TwoBranch.load(model_dir)
     col = Collection.load(index_dir)
-    shards = [ShardedIndex.load(index_dir / "images", shard=i) for i in range(len(col.images.manifest["shards"]))]
+    shards = [
+        ShardedIndex.load(index_dir / "images", shard=i) for i in range(len(col.images.manifest["shards"]))
+    ]
     lat = []
     for q in queries[:20]:  # warm-up
         model.embed_texts([q])
@@ -122,7 +144,9 @@ async def http_load(url: str, queries: list[str], n: int, concurrency: int, heal
                     if health:
                         r = await client.get("/healthz")
                     else:
-                        r = await client.post("/search/text", json={"query": queries[i % len(queries)], "k": K})
+                        r = await client.post(
+                            "/search/text", json={"query": queries[i % len(queries)], "k": K}
+                        )
                     ok = r.status_code == 200
                 except httpx.HTTPError:
                     ok = False
@@ -139,7 +163,17 @@ async def http_load(url: str, queries: list[str], n: int, concurrency: int, heal
 
 
 def markdown(rows: list[list[str]]) -> str:
-    head = ["path", "concurrency", "requests", "p50 ms", "p95 ms", "p99 ms", "req/s", "errors", "p50 vs in-process"]
+    head = [
+        "path",
+        "concurrency",
+        "requests",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "req/s",
+        "errors",
+        "p50 vs in-process",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
@@ -171,7 +205,9 @@ def main(argv: list[str] | None = None) -> int:
             model_dir, index_dir = args.model, args.index
         import pyarrow.parquet as pq
 
-        queries = pq.read_table(index_dir / "captions.parquet", columns=["caption"]).column("caption").to_pylist()
+        queries = (
+            pq.read_table(index_dir / "captions.parquet", columns=["caption"]).column("caption").to_pylist()
+        )
         queries = [queries[i] for i in np.random.default_rng(0).permutation(len(queries))]
 
         base = in_process(model_dir, index_dir, queries, n)
@@ -190,8 +226,11 @@ def main(argv: list[str] | None = None) -> int:
             results.append(asyncio.run(http_load(running.url, queries, n, 1, health=True)))
             for c in args.concurrency:
                 r = asyncio.run(http_load(running.url, queries, n, c))
-                print(f"concurrency {c}: p50 {np.percentile(r.lat_ms, 50):.1f} ms, "
-                      f"{r.requests / r.seconds:.0f} req/s, {r.errors} errors", flush=True)
+                print(
+                    f"concurrency {c}: p50 {np.percentile(r.lat_ms, 50):.1f} ms, "
+                    f"{r.requests / r.seconds:.0f} req/s, {r.errors} errors",
+                    flush=True,
+                )
                 results.append(r)
         finally:
             running.stop()
@@ -201,9 +240,11 @@ def main(argv: list[str] | None = None) -> int:
         base_p50 = float(np.percentile(base.lat_ms, 50))
         rows = [base.row(None)] + [r.row(None if "healthz" in r.name else base_p50) for r in results]
         print()
-        print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-              f"{datetime.now(timezone.utc):%Y-%m-%d}; load average {load_before:.1f} before the HTTP runs, "
-              f"{os.getloadavg()[0]:.1f} after; command: python bench/serve_load.py {' '.join(sys.argv[1:])}")
+        print(
+            f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+            f"{datetime.now(timezone.utc):%Y-%m-%d}; load average {load_before:.1f} before the HTTP runs, "
+            f"{os.getloadavg()[0]:.1f} after; command: python bench/serve_load.py {' '.join(sys.argv[1:])}"
+        )
         print(markdown(rows))
     finally:
         if tmp is not None:

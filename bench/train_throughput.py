@@ -33,7 +33,9 @@ def timed_steps(run: Run, model: torch.nn.Module, warmup: int, steps: int) -> tu
     start = time.perf_counter()
     done = 0
     while done < steps:
-        stats = train_epoch(model, run.loader, loss_fn, run.opt, run.sched, run.cfg, run.device, max_steps=steps - done)
+        stats = train_epoch(
+            model, run.loader, loss_fn, run.opt, run.sched, run.cfg, run.device, max_steps=steps - done
+        )
         done += int(stats["steps"])
     if run.device.type == "cuda":
         torch.cuda.synchronize()
@@ -73,13 +75,18 @@ def with_ray(cfg: Config, workers: int, warmup: int, steps: int, threads: int) -
     trainer = TorchTrainer(
         ray_worker,
         train_loop_config={"config": cfg.to_dict(), "warmup": warmup, "steps": steps, "threads": threads},
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=cfg.train.use_gpu, resources_per_worker=resources),
+        scaling_config=ScalingConfig(
+            num_workers=workers, use_gpu=cfg.train.use_gpu, resources_per_worker=resources
+        ),
         run_config=RunConfig(name=f"bench-{workers}w-{int(time.time())}", storage_path="/tmp/imtext-bench"),
     )
     started = time.time()
     result = trainer.fit()
     m = result.return_value
-    return {"samples_per_s": steps * m["global_batch"] / m["seconds"], "startup_s": m["first_step_at"] - started}
+    return {
+        "samples_per_s": steps * m["global_batch"] / m["seconds"],
+        "startup_s": m["first_step_at"] - started,
+    }
 
 
 def main() -> None:
@@ -91,7 +98,9 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=1, help="torch threads per worker (and for the plain loop)")
+    ap.add_argument(
+        "--threads", type=int, default=1, help="torch threads per worker (and for the plain loop)"
+    )
     ap.add_argument("--gpu", action="store_true")
     ap.add_argument("--amp", action="store_true", default=True)
     ap.add_argument("--skip-two", action="store_true", help="skip the 2-worker run")
@@ -105,11 +114,20 @@ def main() -> None:
         if not (world / "synth.json").is_file():
             generate(world, n_images=1200, seed=0)
         data = f"synth:{world}"
-    cfg = Config().override({
-        "data.spec": data, "image.backbone": args.backbone, "image.image_size": args.image_size,
-        "image.weights": "none", "text.model": args.text_model, "train.batch_size": args.batch_size,
-        "train.use_gpu": args.gpu, "train.amp": args.amp, "train.out": "", "loss.negatives": "hardest",
-    })
+    cfg = Config().override(
+        {
+            "data.spec": data,
+            "image.backbone": args.backbone,
+            "image.image_size": args.image_size,
+            "image.weights": "none",
+            "text.model": args.text_model,
+            "train.batch_size": args.batch_size,
+            "train.use_gpu": args.gpu,
+            "train.amp": args.amp,
+            "train.out": "",
+            "loss.negatives": "hardest",
+        }
+    )
     rows = []
     base = plain(cfg, args.warmup, args.steps, args.threads)
     rows.append(["plain loop (in-process)", f"{base['samples_per_s']:.1f}", "-", "1.00"])
@@ -118,14 +136,30 @@ def main() -> None:
 
     ray.init(address="local", num_cpus=max(4, args.threads * 4), include_dashboard=False, log_to_driver=False)
     one = with_ray(cfg, 1, args.warmup, args.steps, args.threads)
-    rows.append(["Ray Train, 1 worker", f"{one['samples_per_s']:.1f}", f"{one['startup_s']:.1f}",
-                 f"{one['samples_per_s'] / base['samples_per_s']:.2f}"])
+    rows.append(
+        [
+            "Ray Train, 1 worker",
+            f"{one['samples_per_s']:.1f}",
+            f"{one['startup_s']:.1f}",
+            f"{one['samples_per_s'] / base['samples_per_s']:.2f}",
+        ]
+    )
     if not args.skip_two:
         two = with_ray(cfg, 2, args.warmup, args.steps, args.threads)
-        rows.append(["Ray Train, 2 workers (DDP)", f"{two['samples_per_s']:.1f}", f"{two['startup_s']:.1f}",
-                     f"{two['samples_per_s'] / base['samples_per_s']:.2f}"])
+        rows.append(
+            [
+                "Ray Train, 2 workers (DDP)",
+                f"{two['samples_per_s']:.1f}",
+                f"{two['startup_s']:.1f}",
+                f"{two['samples_per_s'] / base['samples_per_s']:.2f}",
+            ]
+        )
     ray.shutdown()
-    device = torch.cuda.get_device_name(0) if args.gpu and torch.cuda.is_available() else platform.processor() or "CPU"
+    device = (
+        torch.cuda.get_device_name(0)
+        if args.gpu and torch.cuda.is_available()
+        else platform.processor() or "CPU"
+    )
     print_table(
         f"train throughput, {args.backbone} + {args.text_model}, global batch {args.batch_size}, "
         f"{args.steps} steps after {args.warmup} warm-up, {args.threads} thread(s)/worker, {device}, {date.today()}",

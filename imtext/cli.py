@@ -27,7 +27,9 @@ def _config_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("configuration (flags override --config, which overrides the defaults)")
     g.add_argument("--config", metavar="YAML", help="a config file (e.g. best.yaml from `imtext tune`)")
     g.add_argument("--data", metavar="KIND:PATH", help=DATA_HELP)
-    g.add_argument("--features", metavar="PARQUET", help="precomputed backbone features from `imtext features`")
+    g.add_argument(
+        "--features", metavar="PARQUET", help="precomputed backbone features from `imtext features`"
+    )
     g.add_argument("--text-model", choices=["bow", "bigram", "trigram", "skipgram", "gru"])
     g.add_argument("--backbone", help="smallcnn, resnet18/50/152, vgg16/19, efficientnet_lite0, none")
     g.add_argument("--negatives", choices=["all", "hardest", "semi-hard", "top-k"])
@@ -38,22 +40,36 @@ def _config_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int)
     g.add_argument("--out", metavar="DIR", help="where the model directory goes (default runs/model)")
     g.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
         help="override any config key, e.g. --set loss.i2t_weight=0.5 (repeatable)",
     )
 
 
 FLAG_KEYS = {
-    "data": "data.spec", "features": "data.features", "text_model": "text.model", "backbone": "image.backbone",
-    "negatives": "loss.negatives", "margin": "loss.margin", "epochs": "train.epochs",
-    "batch_size": "train.batch_size", "lr": "train.lr", "seed": "train.seed", "out": "train.out",
+    "data": "data.spec",
+    "features": "data.features",
+    "text_model": "text.model",
+    "backbone": "image.backbone",
+    "negatives": "loss.negatives",
+    "margin": "loss.margin",
+    "epochs": "train.epochs",
+    "batch_size": "train.batch_size",
+    "lr": "train.lr",
+    "seed": "train.seed",
+    "out": "train.out",
     "workers": "train.workers",
 }
 
 
 def flag_overrides(args: argparse.Namespace) -> dict:
     """The config keys that command-line flags set explicitly (typed values, unset flags left out)."""
-    return {key: getattr(args, name) for name, key in FLAG_KEYS.items() if getattr(args, name, None) is not None}
+    return {
+        key: getattr(args, name) for name, key in FLAG_KEYS.items() if getattr(args, name, None) is not None
+    }
 
 
 def _load_config(args: argparse.Namespace):
@@ -73,7 +89,9 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
     from imtext.data.synth import generate
 
     order_pairs = args.order_pairs if args.order_pairs is not None else max(1, args.images // 10)
-    out = generate(args.out, n_images=args.images, seed=args.seed, image_size=args.image_size, order_pairs=order_pairs)
+    out = generate(
+        args.out, n_images=args.images, seed=args.seed, image_size=args.image_size, order_pairs=order_pairs
+    )
     return cmd_data_show(argparse.Namespace(data=f"synth:{out}"))
 
 
@@ -99,11 +117,19 @@ def cmd_features(args: argparse.Namespace) -> int:
 
     pairs = load_pairs(args.data)
     out = compute_features(
-        pairs, backbone=args.backbone, weights=args.weights, image_size=args.image_size,
-        out_path=args.out, batch_size=args.batch_size,
+        pairs,
+        backbone=args.backbone,
+        weights=args.weights,
+        image_size=args.image_size,
+        out_path=args.out,
+        batch_size=args.batch_size,
     )
     ids, matrix, meta = load_features(out)
-    print_table("features", ["file", "images", "dim", "backbone"], [[str(out), len(ids), matrix.shape[1], args.backbone]])
+    print_table(
+        "features",
+        ["file", "images", "dim", "backbone"],
+        [[str(out), len(ids), matrix.shape[1], args.backbone]],
+    )
     return 0
 
 
@@ -152,7 +178,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     img, txt = embed_split(model, view, features)
     protocol = {"all": retrieval, "coco1k": coco_1k, "coco5k": coco_5k}[args.protocol]
     metrics = protocol(img, txt, view.caption_image)
-    print_metrics(metrics, title=f"{args.data} [{args.split}] {len(view.image_ids)} images, {len(view.captions)} captions")
+    print_metrics(
+        metrics,
+        title=f"{args.data} [{args.split}] {len(view.image_ids)} images, {len(view.captions)} captions",
+    )
     if args.json:
         from imtext.atomic import write_json
 
@@ -163,8 +192,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     from imtext.jobs import submit
 
-    return submit(args.entrypoint, address=args.address, working_dir=args.working_dir, follow=not args.no_wait,
-                  submission_id=args.submission_id)
+    return submit(
+        args.entrypoint,
+        address=args.address,
+        working_dir=args.working_dir,
+        follow=not args.no_wait,
+        submission_id=args.submission_id,
+    )
 
 
 def _lazy(module: str, func: str):
@@ -199,7 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="make or inspect a dataset")
     dsub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     synth = dsub.add_parser(
-        "synth", help="draw the synthetic world (coloured shapes, 5 captions each)",
+        "synth",
+        help="draw the synthetic world (coloured shapes, 5 captions each)",
         description="Draw scenes of coloured shapes with 5 captions each (colours, shapes, sizes, counts, "
         "spatial relations), deterministically from the seed. Use it as --data synth:DIR.",
     )
@@ -207,7 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--images", type=int, default=2000, help="number of scenes (default 2000)")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--image-size", type=int, default=64)
-    synth.add_argument("--order-pairs", type=int, help="mirrored scene pairs in the `order` split (default images/10)")
+    synth.add_argument(
+        "--order-pairs", type=int, help="mirrored scene pairs in the `order` split (default images/10)"
+    )
     synth.set_defaults(func=cmd_data_synth)
     show = dsub.add_parser("show", help="count images and captions per split")
     show.add_argument("--data", required=True, metavar="KIND:PATH", help=DATA_HELP)
@@ -215,12 +252,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     # features
     feats = sub.add_parser(
-        "features", help="pool a frozen CNN over every image once (the paper's setting)",
+        "features",
+        help="pool a frozen CNN over every image once (the paper's setting)",
         description="Run a pretrained backbone once over every image and store the pooled features "
         "(parquet). Train on them with `imtext train --features FILE --backbone NAME`.",
     )
     feats.add_argument("--data", required=True, metavar="KIND:PATH", help=DATA_HELP)
-    feats.add_argument("--backbone", default="efficientnet_lite0", help="default: efficientnet_lite0 (works offline)")
+    feats.add_argument(
+        "--backbone", default="efficientnet_lite0", help="default: efficientnet_lite0 (works offline)"
+    )
     feats.add_argument("--weights", default="default", help="default | none | /path/to/weights")
     feats.add_argument("--image-size", type=int, default=224)
     feats.add_argument("--batch-size", type=int, default=32)
@@ -229,7 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     # train
     train = sub.add_parser(
-        "train", help="train the two-branch model (Ray Train by default)",
+        "train",
+        help="train the two-branch model (Ray Train by default)",
         description="Train on --data with the ranking loss; the best epoch by validation rsum becomes the "
         "model directory (config.yaml, weights.safetensors, vocab.json, metrics.json). Runs under Ray Train "
         "with --workers N (a local Ray unless --address/RAY_ADDRESS); --workers 0 runs a plain loop here.",
@@ -241,7 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--cpu", dest="gpu", action="store_false", help="CPU only (default)")
     r.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     r.add_argument("--resume", action="store_true", help="continue the interrupted run behind --out")
-    train.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    train.add_argument(
+        "--print-config", action="store_true", help="print the resolved config as YAML and exit"
+    )
     train.set_defaults(func=cmd_train)
 
     # eval
@@ -249,9 +292,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--model", required=True, metavar="DIR")
     ev.add_argument("--data", required=True, metavar="KIND:PATH", help=DATA_HELP)
     ev.add_argument("--split", default="test")
-    ev.add_argument("--features", metavar="PARQUET", help="precomputed features, if the model was trained on them")
-    ev.add_argument("--protocol", choices=["all", "coco1k", "coco5k"], default="all",
-                    help="all images of the split (default), COCO 1K (mean of 5 folds) or 5K")
+    ev.add_argument(
+        "--features", metavar="PARQUET", help="precomputed features, if the model was trained on them"
+    )
+    ev.add_argument(
+        "--protocol",
+        choices=["all", "coco1k", "coco5k"],
+        default="all",
+        help="all images of the split (default), COCO 1K (mean of 5 folds) or 5K",
+    )
     ev.add_argument("--json", metavar="FILE", help="also write the metrics as JSON")
     ev.set_defaults(func=cmd_eval)
 
@@ -263,7 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--data", required=True, metavar="KIND:PATH", help=DATA_HELP)
     build.add_argument("--split", action="append", help="splits to index (repeatable; default: all)")
     build.add_argument("--shards", type=int, default=2)
-    build.add_argument("--factory", default="Flat", help="FAISS index factory: Flat, HNSW32, IVF1024,Flat, IVF1024,PQ64, ...")
+    build.add_argument(
+        "--factory", default="Flat", help="FAISS index factory: Flat, HNSW32, IVF1024,Flat, IVF1024,PQ64, ..."
+    )
     build.add_argument("--out", required=True, metavar="DIR")
     build.add_argument("--no-ray", action="store_true", help="embed in this process instead of Ray Data")
     build.set_defaults(func=_lazy("imtext.collection", "cmd_build"))
@@ -285,12 +336,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     # serve / ui
     srv = sub.add_parser(
-        "serve", help="host the encoders and the sharded index on Ray Serve, with the search page",
+        "serve",
+        help="host the encoders and the sharded index on Ray Serve, with the search page",
         description="Starts the Ray Serve app (HTTP API, OpenAPI docs at /docs) and the Gradio page beside it.",
     )
     srv.add_argument("--model", required=True, metavar="DIR")
     srv.add_argument("--index", required=True, metavar="DIR")
-    srv.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; 0.0.0.0 exposes it)")
+    srv.add_argument(
+        "--host", default="127.0.0.1", help="bind address (default 127.0.0.1; 0.0.0.0 exposes it)"
+    )
     srv.add_argument("--port", type=int, default=8000, help="API port (default 8000)")
     srv.add_argument("--ui-port", type=int, default=7860, help="page port (default 7860)")
     srv.add_argument("--no-ui", action="store_true", help="only the API")
@@ -304,7 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     # tune
     tune = sub.add_parser(
-        "tune", help="search margins, negatives and the usual hyperparameters with Ray Tune",
+        "tune",
+        help="search margins, negatives and the usual hyperparameters with Ray Tune",
         description="Run Ray Tune over a YAML search space (tune/spaces/*.yaml) with the same train loop.",
     )
     tune.add_argument("--space", default="tune/spaces/default.yaml", metavar="YAML")
@@ -315,7 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--concurrent", type=int, default=2, help="trials at once")
     tune.add_argument("--cpus-per-trial", type=float, default=1.0)
     tune.add_argument("--gpus-per-trial", type=float, default=0.0)
-    tune.add_argument("--workers-per-trial", type=int, default=1, help=">1 runs each trial as a Ray Train run")
+    tune.add_argument(
+        "--workers-per-trial", type=int, default=1, help=">1 runs each trial as a Ray Train run"
+    )
     tune.add_argument("--run-dir", default="runs/tune", metavar="DIR")
     tune.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted search")
     tune.add_argument("--address", help="Ray cluster address (default: a local Ray)")
@@ -324,7 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     # submit
     sm = sub.add_parser(
-        "submit", help="send an imtext command to a Ray cluster as a Ray job",
+        "submit",
+        help="send an imtext command to a Ray cluster as a Ray job",
         description="Wraps `ray job submit`: imtext submit --address http://HEAD:8265 -- train --data ... "
         "The working directory is shipped with the job; logs are followed until it ends.",
     )
@@ -332,21 +390,28 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--working-dir", default=".", help="shipped to the cluster (default: .)")
     sm.add_argument("--submission-id", help="a job id of your choosing")
     sm.add_argument("--no-wait", action="store_true", help="print the job id and return")
-    sm.add_argument("entrypoint", nargs=argparse.REMAINDER, help="-- then an imtext command, e.g. -- train ...")
+    sm.add_argument(
+        "entrypoint", nargs=argparse.REMAINDER, help="-- then an imtext command, e.g. -- train ..."
+    )
     sm.set_defaults(func=cmd_submit)
 
     # demo
     demo = sub.add_parser(
-        "demo", help="the whole chain on the synthetic world: data, Ray Train, eval, index, Serve, page",
+        "demo",
+        help="the whole chain on the synthetic world: data, Ray Train, eval, index, Serve, page",
         description="Generate data, train on a local Ray, evaluate, build the sharded index and bring up Serve "
         "with the search page. A second run reuses what exists unless --fresh.",
     )
-    demo.add_argument("--data", metavar="KIND:PATH", help="default: the synthetic world; coco:DIR uses EfficientNet-Lite0")
+    demo.add_argument(
+        "--data", metavar="KIND:PATH", help="default: the synthetic world; coco:DIR uses EfficientNet-Lite0"
+    )
     demo.add_argument("--workdir", default="runs/demo", metavar="DIR")
     demo.add_argument("--fresh", action="store_true", help="rebuild every stage")
     demo.add_argument("--tiny", action="store_true", help="a minute-sized setting (for tests)")
     demo.add_argument("--no-serve", action="store_true", help="stop after the index")
-    demo.add_argument("--exit-after-ready", action="store_true", help="stop once the API answers (non-interactive)")
+    demo.add_argument(
+        "--exit-after-ready", action="store_true", help="stop once the API answers (non-interactive)"
+    )
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=int, default=8000)
     demo.add_argument("--ui-port", type=int, default=7860)

@@ -79,13 +79,17 @@ def read_table(folder: Path, name: str, schema: pa.Schema, sha: str | None) -> p
     if not path.is_file():
         raise ImtextError(f"{path} is missing: {REBUILD}")
     if sha is not None and sha256_file(path) != sha:
-        raise ImtextError(f"{path} is corrupt or from another build (its sha256 differs from {INFO}): {REBUILD}")
+        raise ImtextError(
+            f"{path} is corrupt or from another build (its sha256 differs from {INFO}): {REBUILD}"
+        )
     try:
         table = pq.read_table(path)
     except Exception as e:  # pyarrow raises several types for a damaged file
         raise ImtextError(f"cannot read {path} ({e}): {REBUILD}") from None
     if not set(schema.names) <= set(table.column_names):
-        raise ImtextError(f"{path} lacks columns {sorted(set(schema.names) - set(table.column_names))}: {REBUILD}")
+        raise ImtextError(
+            f"{path} lacks columns {sorted(set(schema.names) - set(table.column_names))}: {REBUILD}"
+        )
     return table.select(schema.names)
 
 
@@ -93,8 +97,15 @@ class Collection:
     """A built collection, ready to search: `.images` and `.captions` are ShardedIndexes whose ids are the
     `id` columns of images.parquet and captions.parquet."""
 
-    def __init__(self, folder: Path, info: dict[str, Any], images: ShardedIndex, captions: ShardedIndex,
-                 image_table: pa.Table, caption_table: pa.Table) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        info: dict[str, Any],
+        images: ShardedIndex,
+        captions: ShardedIndex,
+        image_table: pa.Table,
+        caption_table: pa.Table,
+    ) -> None:
         """Internal: use Collection.load."""
         self.folder = folder
         self.info = info
@@ -107,7 +118,10 @@ class Collection:
 
     @classmethod
     def load(
-        cls, folder: str | os.PathLike, shard: int | None = None, model_fingerprint: str | None = None,
+        cls,
+        folder: str | os.PathLike,
+        shard: int | None = None,
+        model_fingerprint: str | None = None,
         mmap: bool = False,
     ) -> Collection:
         """Open INDEX_DIR: both indexes (checksums verified) and their metadata tables.
@@ -201,13 +215,17 @@ class Collection:
         out = []
         for s_row, i_row in zip(scores, ids):
             rows = rows_of(i_row)
-            out.append([{"rank": r + 1, "score": float(s), **row} for r, (s, row) in enumerate(zip(s_row, rows))])
+            out.append(
+                [{"rank": r + 1, "score": float(s), **row} for r, (s, row) in enumerate(zip(s_row, rows))]
+            )
         return out
 
     def __repr__(self) -> str:
         c = self.info["counts"]
-        return (f"Collection({str(self.folder)!r}, images={c['images']}, captions={c['captions']}, "
-                f"factory={self.info['factory']!r}, model={self.model_fingerprint})")
+        return (
+            f"Collection({str(self.folder)!r}, images={c['images']}, captions={c['captions']}, "
+            f"factory={self.info['factory']!r}, model={self.model_fingerprint})"
+        )
 
 
 # ---- building -------------------------------------------------------------------------------------
@@ -228,8 +246,12 @@ def _load_model(model_dir: str | os.PathLike):
     return model
 
 
-def _split_tables(pairs: pa.Table, first_image_id: int = 0, first_caption_id: int = 0,
-                  image_index: dict[str, int] | None = None) -> tuple[pa.Table, pa.Table]:
+def _split_tables(
+    pairs: pa.Table,
+    first_image_id: int = 0,
+    first_caption_id: int = 0,
+    image_index: dict[str, int] | None = None,
+) -> tuple[pa.Table, pa.Table]:
     """Pairs -> (images table, captions table). Images are the unique image_ids in order of first
     appearance, numbered from first_image_id; `image_index` maps image_ids that already have an id."""
     known = dict(image_index or {})
@@ -237,8 +259,10 @@ def _split_tables(pairs: pa.Table, first_image_id: int = 0, first_caption_id: in
     cap_key, cap_text, cap_img_key, cap_path, cap_image = [], [], [], [], []
     next_image = first_image_id
     for iid, path, cid, caption in zip(
-        pairs.column("image_id").to_pylist(), pairs.column("image_path").to_pylist(),
-        pairs.column("caption_id").to_pylist(), pairs.column("caption").to_pylist(),
+        pairs.column("image_id").to_pylist(),
+        pairs.column("image_path").to_pylist(),
+        pairs.column("caption_id").to_pylist(),
+        pairs.column("caption").to_pylist(),
     ):
         if iid not in known:
             known[iid] = next_image
@@ -254,8 +278,14 @@ def _split_tables(pairs: pa.Table, first_image_id: int = 0, first_caption_id: in
         cap_image.append(known[iid])
     images = pa.table([img_id, img_key, img_path, img_caption], schema=IMAGES_SCHEMA)
     captions = pa.table(
-        [list(range(first_caption_id, first_caption_id + len(cap_key))), cap_key, cap_text, cap_img_key,
-         cap_path, cap_image],
+        [
+            list(range(first_caption_id, first_caption_id + len(cap_key))),
+            cap_key,
+            cap_text,
+            cap_img_key,
+            cap_path,
+            cap_image,
+        ],
         schema=CAPTIONS_SCHEMA,
     )
     return images, captions
@@ -268,7 +298,9 @@ def _check_factory(factory: str, dim: int, n: int, shards: int) -> None:
     if not isinstance(shards, int) or shards < 1:
         raise ImtextError(f"--shards must be a positive integer, got {shards!r}")
     if shards > n:
-        raise ImtextError(f"--shards {shards} is more than the {n} image(s) to index; use --shards {max(1, n)} or fewer")
+        raise ImtextError(
+            f"--shards {shards} is more than the {n} image(s) to index; use --shards {max(1, n)} or fewer"
+        )
     template = fx.new_index(dim, factory)
     ivf = fx.ivf_of(template)
     if ivf is not None and ivf.nlist > n:
@@ -302,14 +334,29 @@ def _refuse_foreign_folder(out: Path) -> None:
         )
 
 
-def _embed(model_dir, model, images: pa.Table, captions: pa.Table, use_ray: bool, actors: int,
-           batch_size: int, progress: bool):
+def _embed(
+    model_dir,
+    model,
+    images: pa.Table,
+    captions: pa.Table,
+    use_ray: bool,
+    actors: int,
+    batch_size: int,
+    progress: bool,
+):
     """Embed the new images and captions (Ray Data when `use_ray`), the one step build and add share."""
     _ensure_ray(use_ray)
     return embed_collection(
-        Path(model_dir).resolve(), images.column("id").to_pylist(), images.column("image_path").to_pylist(),
-        captions.column("id").to_pylist(), captions.column("caption").to_pylist(),
-        use_ray=use_ray, actors=actors, batch_size=batch_size, model=model, progress=progress,
+        Path(model_dir).resolve(),
+        images.column("id").to_pylist(),
+        images.column("image_path").to_pylist(),
+        captions.column("id").to_pylist(),
+        captions.column("caption").to_pylist(),
+        use_ray=use_ray,
+        actors=actors,
+        batch_size=batch_size,
+        model=model,
+        progress=progress,
     )
 
 
@@ -342,12 +389,16 @@ def build_collection(
     with atomic_dir(out) as tmp:
         files = {}
         for name, table, embedded, kind in (
-            ("images", images, report.images, IMAGE), ("captions", captions, report.captions, CAPTION)
+            ("images", images, report.images, IMAGE),
+            ("captions", captions, report.captions, CAPTION),
         ):
             start = time.perf_counter()
             write_embeddings(tmp / "embeddings", kind, embedded)
             index = ShardedIndex.build(
-                embedded.vectors, embedded.ids, shards=shards, factory=factory,
+                embedded.vectors,
+                embedded.ids,
+                shards=shards,
+                factory=factory,
                 model_fingerprint=model.fingerprint,
             )
             index.save(tmp / name)
@@ -426,15 +477,21 @@ def add_to_collection(
     pairs = load_pairs(data_spec, splits=splits)
 
     known_images = dict(zip(col._images.column("image_id").to_pylist(), col._image_ids.tolist()))
-    known_captions = set(zip(col._captions.column("image_id").to_pylist(),
-                             col._captions.column("caption_id").to_pylist()))
+    known_captions = set(
+        zip(col._captions.column("image_id").to_pylist(), col._captions.column("caption_id").to_pylist())
+    )
     fresh = [
         (iid, cid) not in known_captions
         for iid, cid in zip(pairs.column("image_id").to_pylist(), pairs.column("caption_id").to_pylist())
     ]
     pairs = pairs.filter(pa.array(fresh, pa.bool_()))
-    result: dict[str, Any] = {"images": 0, "captions": 0, "counts": dict(info["counts"]),
-                              "image_ids": [], "caption_ids": []}
+    result: dict[str, Any] = {
+        "images": 0,
+        "captions": 0,
+        "counts": dict(info["counts"]),
+        "image_ids": [],
+        "caption_ids": [],
+    }
     if len(pairs) == 0:
         if progress:
             from imtext.report import console
@@ -464,8 +521,16 @@ def add_to_collection(
                 idx.add(embedded.vectors, ids=embedded.ids)
                 idx.save(tmp / name)
             files[f"{name}.parquet"] = _write_parquet(pa.concat_tables([old, new]), tmp / f"{name}.parquet")
-            rows.append([name, f"{idx.ntotal} (+{len(new)})", idx.shard_count, idx.factory, idx.dim,
-                         time.perf_counter() - start])
+            rows.append(
+                [
+                    name,
+                    f"{idx.ntotal} (+{len(new)})",
+                    idx.shard_count,
+                    idx.factory,
+                    idx.dim,
+                    time.perf_counter() - start,
+                ]
+            )
         counts = {"images": col.images.ntotal, "captions": col.captions.ntotal}
         new_info = dict(info)
         new_info.update(
@@ -473,15 +538,27 @@ def add_to_collection(
             files=files,
             splits=sorted(set(info.get("splits") or []) | set(split_names(pairs)), key=_split_order),
             updated=_now(),
-            additions=[*info.get("additions", []), {"data": data_spec, "splits": split_names(pairs),
-                                                     "images": len(images), "captions": len(captions),
-                                                     "at": _now()}],
+            additions=[
+                *info.get("additions", []),
+                {
+                    "data": data_spec,
+                    "splits": split_names(pairs),
+                    "images": len(images),
+                    "captions": len(captions),
+                    "at": _now(),
+                },
+            ],
         )
         write_json(tmp / INFO, new_info)
     if progress:
         _print_summary(f"collection {folder} (added)", rows, report)
-    result.update(images=len(images), captions=len(captions), counts=counts,
-                  image_ids=images.column("id").to_pylist(), caption_ids=captions.column("id").to_pylist())
+    result.update(
+        images=len(images),
+        captions=len(captions),
+        counts=counts,
+        image_ids=images.column("id").to_pylist(),
+        caption_ids=captions.column("id").to_pylist(),
+    )
     return result
 
 
@@ -495,15 +572,21 @@ def _split_order(name: str) -> tuple[int, str]:
 
 def cmd_build(args: argparse.Namespace) -> int:
     build_collection(
-        args.model, args.data, args.out, shards=args.shards, factory=args.factory, splits=args.split,
+        args.model,
+        args.data,
+        args.out,
+        shards=args.shards,
+        factory=args.factory,
+        splits=args.split,
         use_ray=not args.no_ray,
     )
     return 0
 
 
 def cmd_add(args: argparse.Namespace) -> int:
-    add_to_collection(args.index, args.model, args.data, splits=args.split,
-                      use_ray=not getattr(args, "no_ray", False))
+    add_to_collection(
+        args.index, args.model, args.data, splits=args.split, use_ray=not getattr(args, "no_ray", False)
+    )
     return 0
 
 
@@ -521,16 +604,25 @@ def cmd_search(args: argparse.Namespace) -> int:
         if not text:
             raise ImtextError("the text query is empty: give a sentence, e.g. --text 'a dog on a beach'")
         hits = col.search_images(model.embed_texts([text]), k)[0]
-        print_table(f"images for {text!r}", ["rank", "score", "image_id", "caption", "path"],
-                    [[h["rank"], f"{h['score']:.3f}", h["image_id"], h["caption"], h["image_path"]] for h in hits])
+        print_table(
+            f"images for {text!r}",
+            ["rank", "score", "image_id", "caption", "path"],
+            [[h["rank"], f"{h['score']:.3f}", h["image_id"], h["caption"], h["image_path"]] for h in hits],
+        )
         return 0
     from imtext.data import load_image
 
     query = model.embed_images([load_image(args.image)])
     caps = col.search_captions(query, k)[0]
-    print_table(f"captions for {args.image}", ["rank", "score", "image_id", "caption"],
-                [[h["rank"], f"{h['score']:.3f}", h["image_id"], h["caption"]] for h in caps])
+    print_table(
+        f"captions for {args.image}",
+        ["rank", "score", "image_id", "caption"],
+        [[h["rank"], f"{h['score']:.3f}", h["image_id"], h["caption"]] for h in caps],
+    )
     imgs = col.search_images(query, k)[0]
-    print_table(f"similar images to {args.image}", ["rank", "score", "image_id", "path"],
-                [[h["rank"], f"{h['score']:.3f}", h["image_id"], h["image_path"]] for h in imgs])
+    print_table(
+        f"similar images to {args.image}",
+        ["rank", "score", "image_id", "path"],
+        [[h["rank"], f"{h['score']:.3f}", h["image_id"], h["image_path"]] for h in imgs],
+    )
     return 0

@@ -91,7 +91,9 @@ class TrainConfig:
     """The optimisation and how it is run (in-process or Ray Train workers)."""
 
     epochs: int = 12
-    batch_size: int = 64  # on CPU budgets more steps beat bigger batches (synthetic world: rsum 282 vs 245 at 128)
+    batch_size: int = (
+        64  # on CPU budgets more steps beat bigger batches (synthetic world: rsum 282 vs 245 at 128)
+    )
     lr: float = 2e-3
     backbone_lr_scale: float = 0.1  # pretrained CNNs fine-tune ~10x slower than the heads
     weight_decay: float = 1e-4
@@ -162,9 +164,7 @@ class Config:
             if section not in raw or not key:
                 raise ImtextError(f"unknown config key {dotted!r}; sections: {', '.join(raw)}")
             if key not in raw[section]:
-                raise ImtextError(
-                    f"unknown config key {dotted!r}; {section} has: {', '.join(raw[section])}"
-                )
+                raise ImtextError(f"unknown config key {dotted!r}; {section} has: {', '.join(raw[section])}")
             raw[section][key] = value
         return Config.from_dict(raw)
 

@@ -1,7 +1,7 @@
 """`imtext demo`: the whole chain on an embedded default, each stage reused on a second run unless --fresh.
 
-    synthetic world (or --data coco:DIR with EfficientNet-Lite0 features)
-      -> Ray Train on a local Ray -> R@K table -> sharded index (Ray Data) -> Ray Serve + the search page
+synthetic world (or --data coco:DIR with EfficientNet-Lite0 features)
+  -> Ray Train on a local Ray -> R@K table -> sharded index (Ray Data) -> Ray Serve + the search page
 """
 
 from __future__ import annotations
@@ -47,19 +47,38 @@ def plan(args: argparse.Namespace) -> DemoPlan:
     overrides: dict = {"data.spec": spec, "train.out": str(p.model_dir), "train.workers": 1}
     if synth:
         # More scenes, few epochs: the world is free to draw and a small one overfits within 3 epochs.
-        overrides.update({"train.epochs": 2 if args.tiny else 4, "train.batch_size": 128, "train.cpus_per_worker": 2.0})
+        overrides.update(
+            {"train.epochs": 2 if args.tiny else 4, "train.batch_size": 128, "train.cpus_per_worker": 2.0}
+        )
         if args.tiny:
-            overrides.update({"text.hidden_dim": 64, "model.embed_dim": 64, "model.mlp_hidden": 128, "loss.warmup_epochs": 1})
+            overrides.update(
+                {
+                    "text.hidden_dim": 64,
+                    "model.embed_dim": 64,
+                    "model.mlp_hidden": 128,
+                    "loss.warmup_epochs": 1,
+                }
+            )
     else:
         # Real photos: a frozen ImageNet backbone (works offline), features pooled once, MLP heads trained.
         # On a few hundred captions a wide bag of words beats the GRU, and summing over all negatives
         # throughout beats switching to the hardest (measured on coco-mini).
-        overrides.update({
-            "image.backbone": "efficientnet_lite0", "image.finetune": False, "data.features": str(p.features_path),
-            "data.val_split": "val", "train.epochs": 3 if args.tiny else 12, "train.batch_size": 40,
-            "text.model": "bow", "text.word_dim": 1024, "model.embed_dim": 128, "model.mlp_hidden": 512,
-            "model.dropout": 0.5, "loss.warmup_epochs": 1000,
-        })
+        overrides.update(
+            {
+                "image.backbone": "efficientnet_lite0",
+                "image.finetune": False,
+                "data.features": str(p.features_path),
+                "data.val_split": "val",
+                "train.epochs": 3 if args.tiny else 12,
+                "train.batch_size": 40,
+                "text.model": "bow",
+                "text.word_dim": 1024,
+                "model.embed_dim": 128,
+                "model.mlp_hidden": 512,
+                "model.dropout": 0.5,
+                "loss.warmup_epochs": 1000,
+            }
+        )
     p.config = Config().override(overrides).validate()
     return p
 
@@ -100,8 +119,13 @@ def run_demo(args: argparse.Namespace) -> int:
         if _stage("features: EfficientNet-Lite0 over every photo", p.features_path.is_file(), fresh):
             from imtext.image.features import compute_features
 
-            compute_features(load_pairs(p.data_spec), backbone="efficientnet_lite0", weights="default",
-                             image_size=224, out_path=p.features_path)
+            compute_features(
+                load_pairs(p.data_spec),
+                backbone="efficientnet_lite0",
+                weights="default",
+                image_size=224,
+                out_path=p.features_path,
+            )
     timed("data", t0)
 
     # 2. train on Ray
@@ -121,7 +145,9 @@ def run_demo(args: argparse.Namespace) -> int:
 
     # 4. index
     t0 = time.perf_counter()
-    if _stage("index: embed with Ray Data, 2 FAISS shards", (p.index_dir / "collection.json").is_file(), fresh):
+    if _stage(
+        "index: embed with Ray Data, 2 FAISS shards", (p.index_dir / "collection.json").is_file(), fresh
+    ):
         from imtext.collection import build_collection
         from imtext.train.ray_train import ensure_ray
 
@@ -129,7 +155,11 @@ def run_demo(args: argparse.Namespace) -> int:
         build_collection(p.model_dir, p.data_spec, p.index_dir, shards=2, factory="Flat", use_ray=True)
     timed("index", t0)
 
-    print_table("demo stages", ["stage", "time"], [*timings, ["total so far", f"{time.perf_counter() - started:.1f} s"]])
+    print_table(
+        "demo stages",
+        ["stage", "time"],
+        [*timings, ["total so far", f"{time.perf_counter() - started:.1f} s"]],
+    )
     if args.no_serve:
         return 0
 
@@ -137,8 +167,13 @@ def run_demo(args: argparse.Namespace) -> int:
     from serve.launch import run_until_interrupted
 
     return run_until_interrupted(
-        p.model_dir, p.index_dir, host=args.host, port=args.port, ui_port=args.ui_port,
-        exit_after_ready=args.exit_after_ready, started=started,
+        p.model_dir,
+        p.index_dir,
+        host=args.host,
+        port=args.port,
+        ui_port=args.ui_port,
+        exit_after_ready=args.exit_after_ready,
+        started=started,
     )
 
 
@@ -174,4 +209,3 @@ def _shutdown_ray() -> None:
 
         if ray.is_initialized():
             ray.shutdown()
-

@@ -85,8 +85,12 @@ def embed_rows(model: Any, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray
     txt_rows = [i for i, kind in enumerate(kinds) if kind == CAPTION]
     if txt_rows:
         vectors[txt_rows] = model.embed_texts([str(batch["text"][i]) for i in txt_rows])
-    return {"id": ids, "kind": np.asarray(kinds, dtype=object), "vector": vectors,
-            "error": np.asarray(errors, dtype=object)}
+    return {
+        "id": ids,
+        "kind": np.asarray(kinds, dtype=object),
+        "vector": vectors,
+        "error": np.asarray(errors, dtype=object),
+    }
 
 
 class Embedder:
@@ -160,7 +164,9 @@ def embed_collection(
 
     bad = [str(e) for b in batches for e in b["error"] if e]
     if bad:
-        raise DataError(f"{len(bad)} image(s) could not be read: {examples(bad)}; fix or remove them and rerun")
+        raise DataError(
+            f"{len(bad)} image(s) could not be read: {examples(bad)}; fix or remove them and rerun"
+        )
     return EmbedReport(
         images=_collect(batches, IMAGE, len(image_ids)),
         captions=_collect(batches, CAPTION, len(caption_ids)),
@@ -195,7 +201,9 @@ def _run_ray(
     import ray.data
 
     if not ray.is_initialized():
-        raise ImtextError("Ray is not running in this process: call imtext.train.ray_train.ensure_ray() first")
+        raise ImtextError(
+            "Ray is not running in this process: call imtext.train.ray_train.ensure_ray() first"
+        )
     gpus = int(ray.cluster_resources().get("GPU", 0))
     actors = max(1, min(actors, gpus) if gpus else actors)
     per_actor = {"num_gpus": 1, "num_cpus": 1} if gpus else {"num_cpus": 1}
@@ -250,7 +258,9 @@ def _collect(batches: list[dict[str, np.ndarray]], kind: str, expected: int) -> 
     order = np.argsort(id_arr, kind="stable")
     id_arr, vec_arr = id_arr[order], np.ascontiguousarray(vec_arr[order])
     if len(id_arr) != expected or (len(id_arr) > 1 and not (np.diff(id_arr) > 0).all()):
-        raise ImtextError(f"embedding returned {len(id_arr)} {kind} rows for {expected} inputs (lost or repeated)")
+        raise ImtextError(
+            f"embedding returned {len(id_arr)} {kind} rows for {expected} inputs (lost or repeated)"
+        )
     return Embedded(id_arr, vec_arr)
 
 
@@ -271,7 +281,11 @@ def _progress(total: int, label: str, show: bool) -> Iterator[Callable[[int], No
 
 
 def write_embeddings(
-    folder: str | os.PathLike, kind: str, embedded: Embedded, first_file: int = 0, rows_per_file: int = ROWS_PER_FILE
+    folder: str | os.PathLike,
+    kind: str,
+    embedded: Embedded,
+    first_file: int = 0,
+    rows_per_file: int = ROWS_PER_FILE,
 ) -> list[Path]:
     """Write `{kind}s-00000.parquet`, ... (id int64, vector list<float32>), sorted by id, each atomically.
 
@@ -287,7 +301,9 @@ def write_embeddings(
         dim = vecs.shape[1]
         flat = pa.array(vecs.reshape(-1), pa.float32())
         offsets = pa.array(np.arange(0, (b - a) * dim + 1, dim, dtype=np.int32))
-        table = pa.table({"id": pa.array(embedded.ids[a:b], pa.int64()), "vector": pa.ListArray.from_arrays(offsets, flat)})
+        table = pa.table(
+            {"id": pa.array(embedded.ids[a:b], pa.int64()), "vector": pa.ListArray.from_arrays(offsets, flat)}
+        )
         path = folder / f"{kind}s-{number:05d}.parquet"
         with atomic_path(path) as tmp:
             pq.write_table(table, tmp)

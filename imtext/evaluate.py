@@ -26,7 +26,9 @@ def embed_split(
     dataset = PairDataset(view, model.featurizer, transform=transform, features=features)
     img_chunks = []
     for start in range(0, len(view.image_ids), batch_size):
-        batch = torch.stack([dataset.image(i) for i in range(start, min(start + batch_size, len(view.image_ids)))])
+        batch = torch.stack(
+            [dataset.image(i) for i in range(start, min(start + batch_size, len(view.image_ids)))]
+        )
         img_chunks.append(model.encode_images(batch.to(device)).float().cpu())
     txt_chunks = []
     loader = DataLoader(range(len(dataset)), batch_size=batch_size, collate_fn=list)

@@ -17,13 +17,24 @@ from pathlib import Path
 
 from imtext.errors import ImtextError
 
-DEFAULT_EXCLUDES = [".venv", ".git", "runs", "data", "test-artifacts", "**/__pycache__", "*.safetensors", "*.faiss"]
+DEFAULT_EXCLUDES = [
+    ".venv",
+    ".git",
+    "runs",
+    "data",
+    "test-artifacts",
+    "**/__pycache__",
+    "*.safetensors",
+    "*.faiss",
+]
 
 
 def job_entrypoint(args: list[str]) -> str:
     """`-- train ...` -> `imtext train ...` (an explicit program is kept as given)."""
     if not args:
-        raise ImtextError("nothing to submit: give an imtext command after --, e.g. imtext submit -- train --data ...")
+        raise ImtextError(
+            "nothing to submit: give an imtext command after --, e.g. imtext submit -- train --data ..."
+        )
     if args[0] in ("imtext", "python", "python3", "bash", "sh") or "/" in args[0]:
         return shlex.join(args)
     return shlex.join(["imtext", *args])

@@ -33,7 +33,10 @@ class MLPHead(nn.Module):
         super().__init__()
         if hidden > 0:
             self.net = nn.Sequential(
-                nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(hidden, out_dim)
+                nn.Linear(in_dim, hidden),
+                nn.ReLU(inplace=True),
+                nn.Dropout(dropout),
+                nn.Linear(hidden, out_dim),
             )
         else:
             self.net = nn.Linear(in_dim, out_dim)
@@ -80,7 +83,9 @@ class TwoBranch(nn.Module):
         elif batch.dim() == 2:
             feats = batch  # precomputed backbone features
         else:
-            raise ImtextError(f"encode_images wants (B,3,H,W) pixels or (B,F) features, got {tuple(batch.shape)}")
+            raise ImtextError(
+                f"encode_images wants (B,3,H,W) pixels or (B,F) features, got {tuple(batch.shape)}"
+            )
         return F.normalize(self.image_head(feats.float()), dim=-1)
 
     def encode_texts(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -141,7 +146,9 @@ class TwoBranch(nn.Module):
     def embed_images(self, images: Sequence[Any], batch_size: int = 64) -> np.ndarray:
         """PIL images -> (N, D) float32, normalised, through the backbone."""
         if self.config.image.backbone == "none":
-            raise ImtextError("this model was trained on features without a backbone; it cannot embed raw images")
+            raise ImtextError(
+                "this model was trained on features without a backbone; it cannot embed raw images"
+            )
         self.eval()
         transform = self.image_preprocess(train=False)
         out = []
@@ -183,13 +190,17 @@ class TwoBranch(nn.Module):
                 meta = f.metadata() or {}
             state = load_file(str(directory / WEIGHTS_FILE))
         except Exception as e:  # safetensors raises several types for a damaged file
-            raise ImtextError(f"cannot read {directory / WEIGHTS_FILE}: {e}; retrain or re-copy the model") from None
+            raise ImtextError(
+                f"cannot read {directory / WEIGHTS_FILE}: {e}; retrain or re-copy the model"
+            ) from None
         feature_dim = int(meta.get("feature_dim", 0)) or None
         model = cls(config, vocab, feature_dim=feature_dim, pretrained=False)
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as e:
-            raise ImtextError(f"{directory}: weights do not fit config.yaml ({str(e).splitlines()[0]})") from None
+            raise ImtextError(
+                f"{directory}: weights do not fit config.yaml ({str(e).splitlines()[0]})"
+            ) from None
         return model.to(device).eval()
 
 

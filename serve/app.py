@@ -107,15 +107,23 @@ async def call(response: DeploymentResponse, timeout_s: float, what: str) -> Any
         return await asyncio.wait_for(wait(), timeout_s)
     except UNAVAILABLE as e:
         response.cancel()
-        log.warning("%s unavailable: %s: %s", what, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
-        raise ApiError(503, "unavailable", f"The {what} is unavailable right now; retry in a few seconds.") from None
+        log.warning(
+            "%s unavailable: %s: %s", what, type(e).__name__, str(e).splitlines()[0] if str(e) else ""
+        )
+        raise ApiError(
+            503, "unavailable", f"The {what} is unavailable right now; retry in a few seconds."
+        ) from None
     except ApiError:
         raise
     except Exception as e:
         log.exception("%s failed", what)
         cause = getattr(e, "cause", None) or e  # a RayTaskError carries the replica's own exception
-        raise ApiError(500, "internal", f"The {what} failed; the server log has the details.",
-                       cause=str(cause).strip().splitlines()[-1] if str(cause).strip() else type(cause).__name__) from None
+        raise ApiError(
+            500,
+            "internal",
+            f"The {what} failed; the server log has the details.",
+            cause=str(cause).strip().splitlines()[-1] if str(cause).strip() else type(cause).__name__,
+        ) from None
 
 
 # Serve pickles a deployment class by value when it is decorated: every module-level name its methods use
@@ -160,14 +168,18 @@ def decode_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS):
         with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as im:
             w, h = im.size
             if w * h > max_pixels:
-                return Rejected(413, "image_too_large",
-                                f"The image is {w}x{h} pixels; the limit is {max_pixels // 1_000_000} megapixels.")
+                return Rejected(
+                    413,
+                    "image_too_large",
+                    f"The image is {w}x{h} pixels; the limit is {max_pixels // 1_000_000} megapixels.",
+                )
             im.load()
             im = ImageOps.exif_transpose(im) or im
             return im.convert("RGB")
     except UnidentifiedImageError:
-        return Rejected(415, "not_an_image",
-                        f"That file is not an image this server reads ({', '.join(IMAGE_FORMATS)}).")
+        return Rejected(
+            415, "not_an_image", f"That file is not an image this server reads ({', '.join(IMAGE_FORMATS)})."
+        )
     except Image.DecompressionBombError:
         return Rejected(413, "image_too_large", "The image is too large to decode safely.")
     except (OSError, SyntaxError, ValueError, EOFError) as e:  # truncated or damaged data
@@ -184,7 +196,9 @@ def decode_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS):
 class _Encoder:
     """Loads the model once per replica; batches configurable per deployment (see build_app)."""
 
-    def __init__(self, model_dir: str, max_batch_size: int, batch_wait_timeout_s: float, threads: int) -> None:
+    def __init__(
+        self, model_dir: str, max_batch_size: int, batch_wait_timeout_s: float, threads: int
+    ) -> None:
         import torch
 
         from imtext.model import TwoBranch
@@ -199,13 +213,18 @@ class _Encoder:
         return self.model.fingerprint
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64, health_check_period_s=2,
-                  max_surge_percent=100)
+@serve.deployment(
+    ray_actor_options={"num_cpus": 0.5},
+    max_ongoing_requests=64,
+    health_check_period_s=2,
+    max_surge_percent=100,
+)
 class TextEncoder(_Encoder):
     """Sentences -> vectors. Concurrent queries are batched into one forward pass."""
 
-    def __init__(self, model_dir: str, max_batch_size: int = 32, batch_wait_timeout_s: float = 0.002,
-                 threads: int = 1) -> None:
+    def __init__(
+        self, model_dir: str, max_batch_size: int = 32, batch_wait_timeout_s: float = 0.002, threads: int = 1
+    ) -> None:
         super().__init__(model_dir, max_batch_size, batch_wait_timeout_s, threads)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
@@ -215,13 +234,18 @@ class TextEncoder(_Encoder):
         return list(vectors)
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=32, health_check_period_s=2,
-                  max_surge_percent=100)
+@serve.deployment(
+    ray_actor_options={"num_cpus": 0.5},
+    max_ongoing_requests=32,
+    health_check_period_s=2,
+    max_surge_percent=100,
+)
 class ImageEncoder(_Encoder):
     """Uploaded bytes -> vector (or Rejected). Decoding happens here, so the ingress stays light."""
 
-    def __init__(self, model_dir: str, max_batch_size: int = 8, batch_wait_timeout_s: float = 0.01,
-                 threads: int = 1) -> None:
+    def __init__(
+        self, model_dir: str, max_batch_size: int = 8, batch_wait_timeout_s: float = 0.01, threads: int = 1
+    ) -> None:
         super().__init__(model_dir, max_batch_size, batch_wait_timeout_s, threads)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
@@ -242,15 +266,20 @@ class ImageEncoder(_Encoder):
 # ---- the index shards -----------------------------------------------------------------------------
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64, health_check_period_s=2,
-                  max_surge_percent=100)
+@serve.deployment(
+    ray_actor_options={"num_cpus": 0.25},
+    max_ongoing_requests=64,
+    health_check_period_s=2,
+    max_surge_percent=100,
+)
 class IndexShard:
     """Shard `shard` of a collection's images and captions indexes (one replica never holds the whole
     index). Holds up to `keep` collections (the current one and the one being swapped out), keyed by
     (folder, version), and loads one it is asked for but does not hold (after a swap, or a restart)."""
 
-    def __init__(self, shard: int, index_dir: str, model_fingerprint: str, keep: int = 2,
-                 mmap: bool = False) -> None:
+    def __init__(
+        self, shard: int, index_dir: str, model_fingerprint: str, keep: int = 2, mmap: bool = False
+    ) -> None:
         self.shard = shard
         self.fingerprint = model_fingerprint
         self.keep = max(1, keep)
@@ -263,9 +292,11 @@ class IndexShard:
     def _load(self, index_dir: str) -> dict[str, ShardedIndex | None]:
         counts = shard_counts(index_dir)
         return {
-            kind: ShardedIndex.load(Path(index_dir) / kind, shard=self.shard,
-                                    model_fingerprint=self.fingerprint, mmap=self.mmap)
-            if self.shard < counts[kind] else None  # a smaller collection leaves this replica idle
+            kind: ShardedIndex.load(
+                Path(index_dir) / kind, shard=self.shard, model_fingerprint=self.fingerprint, mmap=self.mmap
+            )
+            if self.shard < counts[kind]
+            else None  # a smaller collection leaves this replica idle
             for kind in KINDS
         }
 
@@ -294,8 +325,9 @@ class IndexShard:
         part = await self._part(index_dir, version)
         return {kind: (0 if index is None else index.ntotal) for kind, index in part.items()}
 
-    async def search(self, index_dir: str, version: str, kind: str, queries: np.ndarray,
-                     k: int) -> tuple[np.ndarray, np.ndarray]:
+    async def search(
+        self, index_dir: str, version: str, kind: str, queries: np.ndarray, k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k of this shard for `queries`: (scores, global ids), padded with id -1."""
         index = (await self._part(index_dir, version))[kind]
         if index is None:
@@ -316,8 +348,11 @@ class IndexShard:
 
 
 class TextQuery(BaseModel):
-    query: str = Field(..., description=f"a sentence, 1 to {MAX_QUERY_CHARS} characters",
-                       examples=["a red circle above a blue square"])
+    query: str = Field(
+        ...,
+        description=f"a sentence, 1 to {MAX_QUERY_CHARS} characters",
+        examples=["a red circle above a blue square"],
+    )
     k: int = Field(10, description=f"how many images to return (1 to {K_MAX})")
 
 
@@ -368,7 +403,7 @@ api = FastAPI(
     title="imtext search API",
     version=__version__,
     description="Image <-> sentence search: sentences find images (POST /search/text), images find sentences "
-    "and similar images (POST /search/image). Errors are JSON: `{\"error\": {\"code\", \"message\"}}`.",
+    'and similar images (POST /search/image). Errors are JSON: `{"error": {"code", "message"}}`.',
 )
 
 
@@ -401,9 +436,17 @@ async def _internal(_req: Request, exc: Exception) -> JSONResponse:
 async def _upload_limit(request: Request, call_next):
     """Refuse an upload that says it is too large before its body is parsed (or spooled to disk)."""
     length = request.headers.get("content-length")
-    if request.method == "POST" and length and length.isdigit() and int(length) > MAX_UPLOAD_BYTES + 64 * 1024:
-        return error_response(413, "upload_too_large",
-                              f"The upload is {int(length) / 2**20:.1f} MB; the limit is {MAX_UPLOAD_BYTES // 2**20} MB.")
+    if (
+        request.method == "POST"
+        and length
+        and length.isdigit()
+        and int(length) > MAX_UPLOAD_BYTES + 64 * 1024
+    ):
+        return error_response(
+            413,
+            "upload_too_large",
+            f"The upload is {int(length) / 2**20:.1f} MB; the limit is {MAX_UPLOAD_BYTES // 2**20} MB.",
+        )
     return await call_next(request)
 
 
@@ -417,13 +460,15 @@ def check_query(query: str) -> str:
     if not query.strip():
         raise ApiError(400, "empty_query", "Type a sentence to search for (the query is empty).")
     if len(query) > MAX_QUERY_CHARS:
-        raise ApiError(400, "query_too_long",
-                       f"The query is {len(query)} characters; the limit is {MAX_QUERY_CHARS}.")
+        raise ApiError(
+            400, "query_too_long", f"The query is {len(query)} characters; the limit is {MAX_QUERY_CHARS}."
+        )
     return query
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=256, num_replicas=1,
-                  max_surge_percent=100)
+@serve.deployment(
+    ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=256, num_replicas=1, max_surge_percent=100
+)
 @serve.ingress(api)
 class SearchAPI:
     """Validates, encodes, fans out to every shard at once, merges the global top-k, attaches metadata.
@@ -451,8 +496,9 @@ class SearchAPI:
         self.shard_timeout_s = shard_timeout_s
         self.reload_timeout_s = reload_timeout_s
         # by then no request that started before a swap can still ask for the old collection
-        self.release_after_s = (encoder_timeout_s + shard_timeout_s + 1.0) if release_after_s is None \
-            else release_after_s
+        self.release_after_s = (
+            (encoder_timeout_s + shard_timeout_s + 1.0) if release_after_s is None else release_after_s
+        )
         self.meta: CollectionMeta = await asyncio.to_thread(
             read_meta, index_dir, model["fingerprint"], len(shards)
         )
@@ -467,9 +513,14 @@ class SearchAPI:
         queries = np.ascontiguousarray(vector.reshape(1, -1), dtype=np.float32)  # the shards normalise
         n = meta.shards[kind]
         parts = await asyncio.gather(
-            *(call(self.shards[i].search.remote(meta.dir, meta.version, kind, queries, k),
-                   self.shard_timeout_s, "index shard")
-              for i in range(n))
+            *(
+                call(
+                    self.shards[i].search.remote(meta.dir, meta.version, kind, queries, k),
+                    self.shard_timeout_s,
+                    "index shard",
+                )
+                for i in range(n)
+            )
         )
         scores, ids = merge_topk([p[0] for p in parts], [p[1] for p in parts], k)
         keep = ids[0] >= 0
@@ -478,15 +529,29 @@ class SearchAPI:
     def _image_hits(self, meta: CollectionMeta, scores: np.ndarray, ids: np.ndarray) -> list[dict[str, Any]]:
         rows = meta.images.rows(ids)
         return [
-            {"rank": r, "id": int(i), "image_id": row["image_id"], "score": float(s), "caption": row["caption"],
-             "image_url": f"/images/{int(i)}"}
+            {
+                "rank": r,
+                "id": int(i),
+                "image_id": row["image_id"],
+                "score": float(s),
+                "caption": row["caption"],
+                "image_url": f"/images/{int(i)}",
+            }
             for r, (s, i, row) in enumerate(zip(scores, ids, rows), 1)
         ]
 
-    def _caption_hits(self, meta: CollectionMeta, scores: np.ndarray, ids: np.ndarray) -> list[dict[str, Any]]:
+    def _caption_hits(
+        self, meta: CollectionMeta, scores: np.ndarray, ids: np.ndarray
+    ) -> list[dict[str, Any]]:
         rows = meta.captions.rows(ids)
         return [
-            {"rank": r, "id": int(i), "caption": row["caption"], "image_id": row["image_id"], "score": float(s)}
+            {
+                "rank": r,
+                "id": int(i),
+                "caption": row["caption"],
+                "image_id": row["image_id"],
+                "score": float(s),
+            }
             for r, (s, i, row) in enumerate(zip(scores, ids, rows), 1)
         ]
 
@@ -518,13 +583,19 @@ class SearchAPI:
         meta = self.meta  # one collection for the whole request, even if a swap happens meanwhile
         vector = await call(self.text.embed.remote(query), self.encoder_timeout_s, "text encoder")
         scores, ids = await self._search(meta, "images", vector, k)
-        return {"query": body.query, "k": k, "latency_ms": (time.perf_counter() - t0) * 1000,
-                "results": self._image_hits(meta, scores, ids)}
+        return {
+            "query": body.query,
+            "k": k,
+            "latency_ms": (time.perf_counter() - t0) * 1000,
+            "results": self._image_hits(meta, scores, ids),
+        }
 
     @api.post("/search/image", response_model=ImageResults, responses=ERRORS, tags=["search"])
     async def search_image(
         self,
-        file: UploadFile = File(..., description=f"a JPEG/PNG/WebP/GIF/BMP/TIFF, at most {MAX_UPLOAD_BYTES // 2**20} MB"),
+        file: UploadFile = File(
+            ..., description=f"a JPEG/PNG/WebP/GIF/BMP/TIFF, at most {MAX_UPLOAD_BYTES // 2**20} MB"
+        ),
         k: int = Form(10, description=f"how many captions and images to return (1 to {K_MAX})"),
     ) -> dict[str, Any]:
         """Captions that describe an image, and the collection's most similar images."""
@@ -532,7 +603,9 @@ class SearchAPI:
         k = check_k(k)
         data = await file.read(MAX_UPLOAD_BYTES + 1)
         if len(data) > MAX_UPLOAD_BYTES:
-            raise ApiError(413, "upload_too_large", f"The upload is over the {MAX_UPLOAD_BYTES // 2**20} MB limit.")
+            raise ApiError(
+                413, "upload_too_large", f"The upload is over the {MAX_UPLOAD_BYTES // 2**20} MB limit."
+            )
         if not data:
             raise ApiError(400, "empty_upload", "The uploaded file is empty.")
         meta = self.meta
@@ -542,12 +615,18 @@ class SearchAPI:
         (c_scores, c_ids), (i_scores, i_ids) = await asyncio.gather(
             self._search(meta, "captions", vector, k), self._search(meta, "images", vector, k)
         )
-        return {"k": k, "latency_ms": (time.perf_counter() - t0) * 1000,
-                "captions": self._caption_hits(meta, c_scores, c_ids),
-                "images": self._image_hits(meta, i_scores, i_ids)}
+        return {
+            "k": k,
+            "latency_ms": (time.perf_counter() - t0) * 1000,
+            "captions": self._caption_hits(meta, c_scores, c_ids),
+            "images": self._image_hits(meta, i_scores, i_ids),
+        }
 
-    @api.get("/images/{image_id}", tags=["images"],
-             responses={200: {"content": {"image/*": {}}}, 404: {"description": "no such image"}})
+    @api.get(
+        "/images/{image_id}",
+        tags=["images"],
+        responses={200: {"content": {"image/*": {}}}, 404: {"description": "no such image"}},
+    )
     async def get_image(self, image_id: int) -> Response:
         """The photo behind a result, by its id (never by a path: the client cannot name a file)."""
         row = self.meta.images.get(image_id)
@@ -558,12 +637,17 @@ class SearchAPI:
             data = await asyncio.to_thread(path.read_bytes)
         except OSError:
             log.warning("image %s: cannot read %s", image_id, path)
-            raise ApiError(404, "image_missing", f"The file of image {image_id} is missing on the server.") from None
+            raise ApiError(
+                404, "image_missing", f"The file of image {image_id} is missing on the server."
+            ) from None
         media = mimetypes.guess_type(path.name)[0] or ""
         if not media.startswith("image/"):
             media = "application/octet-stream"
-        return Response(data, media_type=media, headers={"X-Content-Type-Options": "nosniff",
-                                                         "Cache-Control": "private, max-age=300"})
+        return Response(
+            data,
+            media_type=media,
+            headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "private, max-age=300"},
+        )
 
     @api.post("/admin/reload", tags=["admin"], responses={401: {}, 403: {}, 409: {}})
     async def reload(self, body: ReloadRequest, request: Request) -> dict[str, Any]:
@@ -573,8 +657,9 @@ class SearchAPI:
         self._check_admin(request)
         async with self._reload_lock:
             try:
-                meta = await asyncio.to_thread(read_meta, body.index_dir, self.model["fingerprint"],
-                                               len(self.shards))
+                meta = await asyncio.to_thread(
+                    read_meta, body.index_dir, self.model["fingerprint"], len(self.shards)
+                )
             except ModelMismatch as e:
                 raise ApiError(409, "model_mismatch", str(e)) from None
             except TooManyShards as e:
@@ -584,24 +669,41 @@ class SearchAPI:
             t0 = time.perf_counter()
             # every shard loads its part first; only then does the ingress switch (one assignment)
             try:
-                await asyncio.gather(*(call(s.prepare.remote(meta.dir, meta.version), self.reload_timeout_s,
-                                            "index shard") for s in self.shards))
+                await asyncio.gather(
+                    *(
+                        call(s.prepare.remote(meta.dir, meta.version), self.reload_timeout_s, "index shard")
+                        for s in self.shards
+                    )
+                )
             except ApiError as e:
                 # nothing was switched; free what the other replicas loaded (unless it is in use)
                 if (meta.dir, meta.version) != (self.meta.dir, self.meta.version):
-                    await asyncio.gather(*(call(s.release.remote(meta.dir, meta.version), self.shard_timeout_s,
-                                                "index shard") for s in self.shards), return_exceptions=True)
+                    await asyncio.gather(
+                        *(
+                            call(
+                                s.release.remote(meta.dir, meta.version), self.shard_timeout_s, "index shard"
+                            )
+                            for s in self.shards
+                        ),
+                        return_exceptions=True,
+                    )
                 if e.status != 500:
                     raise
                 # the shard files themselves are bad (checksum, format)
-                raise ApiError(400, "bad_index", f"A shard replica could not load {meta.dir}: {e.cause}") from None
+                raise ApiError(
+                    400, "bad_index", f"A shard replica could not load {meta.dir}: {e.cause}"
+                ) from None
             previous, self.meta = self.meta, meta
             log.info("index swapped: %s -> %s in %.1f s", previous.dir, meta.dir, time.perf_counter() - t0)
             if (previous.dir, previous.version) != (meta.dir, meta.version):
                 self._tasks.add(task := asyncio.create_task(self._release_later(previous)))
                 task.add_done_callback(self._tasks.discard)
-        return {"status": "ok", "index": meta.index_info(), "collection": meta.collection_info(),
-                "seconds": time.perf_counter() - t0}
+        return {
+            "status": "ok",
+            "index": meta.index_info(),
+            "collection": meta.collection_info(),
+            "seconds": time.perf_counter() - t0,
+        }
 
     async def _release_later(self, old: CollectionMeta) -> None:
         """Free the swapped-out shards once no request that started before the swap can still ask for them;
@@ -610,19 +712,30 @@ class SearchAPI:
         if (old.dir, old.version) == (self.meta.dir, self.meta.version):
             return
         try:
-            await asyncio.gather(*(call(s.release.remote(old.dir, old.version), self.shard_timeout_s,
-                                        "index shard") for s in self.shards))
+            await asyncio.gather(
+                *(
+                    call(s.release.remote(old.dir, old.version), self.shard_timeout_s, "index shard")
+                    for s in self.shards
+                )
+            )
         except ApiError:  # a replica that restarted meanwhile does not hold it anyway
             pass
 
     def _check_admin(self, request: Request) -> None:
         if self.admin_token is None:
-            raise ApiError(403, "admin_disabled",
-                           "Admin endpoints are off: start the app with an admin token (IMTEXT_ADMIN_TOKEN).")
+            raise ApiError(
+                403,
+                "admin_disabled",
+                "Admin endpoints are off: start the app with an admin token (IMTEXT_ADMIN_TOKEN).",
+            )
         given = request.headers.get("authorization", "")
         scheme, _, token = given.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.admin_token.encode()):
-            raise ApiError(401, "unauthorized", "A valid `Authorization: Bearer <admin token>` header is required.")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            token.strip().encode(), self.admin_token.encode()
+        ):
+            raise ApiError(
+                401, "unauthorized", "A valid `Authorization: Bearer <admin token>` header is required."
+            )
 
 
 # ---- the application builder ------------------------------------------------------------------------
@@ -635,10 +748,16 @@ def model_meta(model_dir: str | Path) -> dict[str, Any]:
     model = TwoBranch.load(model_dir)
     cfg = model.config
     if cfg.image.backbone == "none":
-        raise ImtextError(f"the model in {model_dir} has no image backbone (trained on features): it cannot "
-                          f"embed uploads; serve a model trained with --backbone NAME")
-    return {"fingerprint": model.fingerprint, "text_model": cfg.text.model, "backbone": cfg.image.backbone,
-            "embed_dim": int(cfg.model.embed_dim)}
+        raise ImtextError(
+            f"the model in {model_dir} has no image backbone (trained on features): it cannot "
+            f"embed uploads; serve a model trained with --backbone NAME"
+        )
+    return {
+        "fingerprint": model.fingerprint,
+        "text_model": cfg.text.model,
+        "backbone": cfg.image.backbone,
+        "embed_dim": int(cfg.model.embed_dim),
+    }
 
 
 def _flag(value: Any) -> bool:
@@ -656,9 +775,23 @@ def _options(args: dict[str, Any], key: str) -> dict[str, Any]:
 
 
 APP_ARGS = {
-    "model_dir", "index_dir", "admin_token", "shard_slots", "encoder_timeout_s", "shard_timeout_s",
-    "reload_timeout_s", "release_after_s", "text_batch_size", "image_batch_size", "batch_wait_timeout_s",
-    "torch_threads", "mmap", "text_encoder", "image_encoder", "shard", "api",
+    "model_dir",
+    "index_dir",
+    "admin_token",
+    "shard_slots",
+    "encoder_timeout_s",
+    "shard_timeout_s",
+    "reload_timeout_s",
+    "release_after_s",
+    "text_batch_size",
+    "image_batch_size",
+    "batch_wait_timeout_s",
+    "torch_threads",
+    "mmap",
+    "text_encoder",
+    "image_encoder",
+    "shard",
+    "api",
 }
 
 
@@ -674,33 +807,47 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     """
     unknown = sorted(set(args) - APP_ARGS)
     if unknown:
-        raise ImtextError(f"unknown app argument(s) {', '.join(unknown)}; known: {', '.join(sorted(APP_ARGS))}")
+        raise ImtextError(
+            f"unknown app argument(s) {', '.join(unknown)}; known: {', '.join(sorted(APP_ARGS))}"
+        )
     for key in ("model_dir", "index_dir"):
         if not args.get(key):
-            raise ImtextError(f"app argument {key} is required (e.g. `serve run serve.app:build_app {key}=DIR ...`)")
+            raise ImtextError(
+                f"app argument {key} is required (e.g. `serve run serve.app:build_app {key}=DIR ...`)"
+            )
     model_dir = str(Path(args["model_dir"]).expanduser().resolve())
     index_dir = str(Path(args["index_dir"]).expanduser().resolve())
     model = model_meta(model_dir)
     meta = read_meta(index_dir, model["fingerprint"])  # refuse a mismatched collection before deploying
     slots = int(args.get("shard_slots") or max(meta.shards.values()))
     if slots < max(meta.shards.values()):
-        raise ImtextError(f"shard_slots={slots} is fewer than the collection's {max(meta.shards.values())} shards")
+        raise ImtextError(
+            f"shard_slots={slots} is fewer than the collection's {max(meta.shards.values())} shards"
+        )
     threads = int(args.get("torch_threads", 1))
     wait = float(args.get("batch_wait_timeout_s", 0.002))
 
     text = TextEncoder.options(**_options(args, "text_encoder")).bind(
-        model_dir, int(args.get("text_batch_size", 32)), wait, threads)
+        model_dir, int(args.get("text_batch_size", 32)), wait, threads
+    )
     image = ImageEncoder.options(**_options(args, "image_encoder")).bind(
-        model_dir, int(args.get("image_batch_size", 8)), max(wait, 0.01), threads)
+        model_dir, int(args.get("image_batch_size", 8)), max(wait, 0.01), threads
+    )
     shard_opts = _options(args, "shard")
     shards = [
-        IndexShard.options(name=f"shard-{i}", **shard_opts).bind(i, index_dir, model["fingerprint"],
-                                                                 mmap=_flag(args.get("mmap", False)))
+        IndexShard.options(name=f"shard-{i}", **shard_opts).bind(
+            i, index_dir, model["fingerprint"], mmap=_flag(args.get("mmap", False))
+        )
         for i in range(slots)
     ]
     token = args.get("admin_token") or os.environ.get("IMTEXT_ADMIN_TOKEN") or None
     return SearchAPI.options(**_options(args, "api")).bind(
-        text, image, shards, index_dir, model, admin_token=token,
+        text,
+        image,
+        shards,
+        index_dir,
+        model,
+        admin_token=token,
         encoder_timeout_s=float(args.get("encoder_timeout_s", ENCODER_TIMEOUT_S)),
         shard_timeout_s=float(args.get("shard_timeout_s", SHARD_TIMEOUT_S)),
         reload_timeout_s=float(args.get("reload_timeout_s", RELOAD_TIMEOUT_S)),

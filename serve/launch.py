@@ -69,8 +69,10 @@ def check_dirs(model_dir: str | Path, index_dir: str | Path) -> tuple[Path, Path
         raise ImtextError(f"model directory {model} does not exist: train one with `imtext train --out DIR`")
     missing = [f for f in ("config.yaml", "weights.safetensors", "vocab.json") if not (model / f).is_file()]
     if missing:
-        raise ImtextError(f"{model} is not a model directory (missing {', '.join(missing)}); "
-                          "point --model at the output folder of `imtext train`")
+        raise ImtextError(
+            f"{model} is not a model directory (missing {', '.join(missing)}); "
+            "point --model at the output folder of `imtext train`"
+        )
     read_info(index)  # ImtextError when it is not a collection
     return model.resolve(), index.resolve()
 
@@ -131,8 +133,11 @@ def start(
     app = build_app(args)  # loads the model once and checks the collection before anything is deployed
     started_ray = not ray.is_initialized()
     ensure_ray(address)
-    info = ServeHandleInfo(url=f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}",
-                           app_name=app_name, started_ray=started_ray)
+    info = ServeHandleInfo(
+        url=f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}",
+        app_name=app_name,
+        started_ray=started_ray,
+    )
     try:
         serve.start(http_options={"host": host, "port": port})
         serve.run(app, name=app_name, route_prefix="/", blocking=False)
@@ -188,8 +193,14 @@ def run_until_interrupted(
     page = None
     try:
         console.print(f"API      {running.url}   (OpenAPI docs: {running.docs_url})")
-        console.print("admin    POST /admin/reload " + ("(Authorization: Bearer $IMTEXT_ADMIN_TOKEN)" if token
-                                                         else "off (set IMTEXT_ADMIN_TOKEN to enable index swaps)"))
+        console.print(
+            "admin    POST /admin/reload "
+            + (
+                "(Authorization: Bearer $IMTEXT_ADMIN_TOKEN)"
+                if token
+                else "off (set IMTEXT_ADMIN_TOKEN to enable index swaps)"
+            )
+        )
         if not no_ui:
             from ui.app import launch
 
@@ -213,5 +224,12 @@ def run_until_interrupted(
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """`imtext serve --model DIR --index DIR [--host] [--port] [--ui-port] [--no-ui] [--address]`."""
-    return run_until_interrupted(args.model, args.index, host=args.host, port=args.port, ui_port=args.ui_port,
-                                 no_ui=args.no_ui, address=args.address)
+    return run_until_interrupted(
+        args.model,
+        args.index,
+        host=args.host,
+        port=args.port,
+        ui_port=args.ui_port,
+        no_ui=args.no_ui,
+        address=args.address,
+    )

@@ -65,7 +65,9 @@ class Rows:
         pos = self.positions(ids)
         if (pos < 0).any():
             bad = np.asarray(ids).reshape(-1)[pos < 0][:5].tolist()
-            raise ImtextError(f"the index returned {self.what} id(s) {bad} that its metadata lacks: {REBUILD}")
+            raise ImtextError(
+                f"the index returned {self.what} id(s) {bad} that its metadata lacks: {REBUILD}"
+            )
         return self.table.take(pa.array(pos, pa.int64())).to_pylist()
 
     def get(self, id_: int) -> dict[str, Any] | None:
@@ -90,7 +92,11 @@ class CollectionMeta:
     def index_info(self) -> dict[str, Any]:
         """The `index` part of GET /info."""
         return {
-            kind: {"count": len(getattr(self, kind)), "shards": self.shards[kind], "factory": self.factory[kind]}
+            kind: {
+                "count": len(getattr(self, kind)),
+                "shards": self.shards[kind],
+                "factory": self.factory[kind],
+            }
             for kind in KINDS
         }
 
@@ -148,7 +154,9 @@ def read_meta(
     manifests = {kind: read_manifest(folder / kind) for kind in KINDS}
     for kind, m in manifests.items():
         if m["model_fingerprint"] != info["model_fingerprint"]:
-            raise ImtextError(f"{folder / kind} was built by another model than collection.json says: {REBUILD}")
+            raise ImtextError(
+                f"{folder / kind} was built by another model than collection.json says: {REBUILD}"
+            )
     shards = {kind: len(m["shards"]) for kind, m in manifests.items()}
     if max_shards is not None and max(shards.values()) > max_shards:
         raise TooManyShards(

@@ -74,7 +74,9 @@ def ray_session():
 
     # More logical CPUs than cores: Train's controller, its workers and Serve's actors would otherwise
     # wait on each other on a 2-core machine.
-    ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(
+        address="local", num_cpus=8, include_dashboard=False, log_to_driver=False, configure_logging=False
+    )
     yield ray
     try:
         from ray import serve
@@ -105,20 +107,54 @@ def coco_artifacts(coco_mini, tmp_path_factory) -> dict:
     spec = f"coco:{coco_mini}"
     t0 = time.perf_counter()
     train_pairs = load_pairs(spec, splits=["train"])
-    feats = compute_features(train_pairs, backbone="efficientnet_lite0", weights="default", image_size=224,
-                             out_path=root / "features.parquet", num_threads=2, progress=False)
+    feats = compute_features(
+        train_pairs,
+        backbone="efficientnet_lite0",
+        weights="default",
+        image_size=224,
+        out_path=root / "features.parquet",
+        num_threads=2,
+        progress=False,
+    )
     t_feat = time.perf_counter() - t0
-    cfg = Config().override({
-        "data.spec": spec, "data.features": str(feats), "data.train_split": "train", "data.val_split": "train",
-        "image.backbone": "efficientnet_lite0", "text.model": "bow", "text.word_dim": 1024,
-        "model.embed_dim": 128, "model.mlp_hidden": 512, "model.dropout": 0.5, "loss.warmup_epochs": 30,
-        "train.epochs": 8, "train.batch_size": 40, "train.lr": 2e-3, "train.seed": 0,
-        "train.out": str(root / "model"),
-    })
+    cfg = Config().override(
+        {
+            "data.spec": spec,
+            "data.features": str(feats),
+            "data.train_split": "train",
+            "data.val_split": "train",
+            "image.backbone": "efficientnet_lite0",
+            "text.model": "bow",
+            "text.word_dim": 1024,
+            "model.embed_dim": 128,
+            "model.mlp_hidden": 512,
+            "model.dropout": 0.5,
+            "loss.warmup_epochs": 30,
+            "train.epochs": 8,
+            "train.batch_size": 40,
+            "train.lr": 2e-3,
+            "train.seed": 0,
+            "train.out": str(root / "model"),
+        }
+    )
     train_local(cfg)
     t_train = time.perf_counter() - t0 - t_feat
-    index = build_collection(root / "model", spec, root / "index", shards=2, splits=["val"],
-                             use_ray=False, batch_size=16, progress=False)
+    index = build_collection(
+        root / "model",
+        spec,
+        root / "index",
+        shards=2,
+        splits=["val"],
+        use_ray=False,
+        batch_size=16,
+        progress=False,
+    )
     t_build = time.perf_counter() - t0 - t_feat - t_train
-    return {"spec": spec, "train_pairs": train_pairs, "features": feats, "model": root / "model",
-            "index": index, "seconds": {"features": t_feat, "train": t_train, "index": t_build}}
+    return {
+        "spec": spec,
+        "train_pairs": train_pairs,
+        "features": feats,
+        "model": root / "model",
+        "index": index,
+        "seconds": {"features": t_feat, "train": t_train, "index": t_build},
+    }

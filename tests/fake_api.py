@@ -58,18 +58,32 @@ def _draw(kind: str, fg: tuple[int, int, int], bg: tuple[int, int, int]) -> byte
 
 
 _SPECS = [
-    ("square", (220, 30, 30), (250, 250, 250),
-     ("a red square on a white background", "a bright red box in the middle")),
-    ("circle", (30, 60, 220), (250, 250, 250),
-     ("a blue circle on a white background", "a round blue disc")),
-    ("triangle", (30, 170, 60), (235, 235, 220),
-     ("a green triangle pointing up", "a green pyramid shape on cream paper")),
-    ("stripes", (240, 200, 20), (20, 20, 20),
-     ("yellow and black stripes", "bold vertical bands of yellow on black")),
-    ("cross", (140, 40, 170), (240, 240, 240),
-     ("a purple cross", "a violet plus sign on a light background")),
-    ("gradient", (0, 0, 0), (0, 0, 0),
-     ("a gray gradient from dark to light", "smooth shades of grey")),
+    (
+        "square",
+        (220, 30, 30),
+        (250, 250, 250),
+        ("a red square on a white background", "a bright red box in the middle"),
+    ),
+    ("circle", (30, 60, 220), (250, 250, 250), ("a blue circle on a white background", "a round blue disc")),
+    (
+        "triangle",
+        (30, 170, 60),
+        (235, 235, 220),
+        ("a green triangle pointing up", "a green pyramid shape on cream paper"),
+    ),
+    (
+        "stripes",
+        (240, 200, 20),
+        (20, 20, 20),
+        ("yellow and black stripes", "bold vertical bands of yellow on black"),
+    ),
+    (
+        "cross",
+        (140, 40, 170),
+        (240, 240, 240),
+        ("a purple cross", "a violet plus sign on a light background"),
+    ),
+    ("gradient", (0, 0, 0), (0, 0, 0), ("a gray gradient from dark to light", "smooth shades of grey")),
 ]
 
 IMAGES: list[FakeImage] = [
@@ -138,18 +152,30 @@ def create_app(delay_s: float = 0.0) -> FastAPI:
     @app.get("/info")
     def info() -> dict:
         return {
-            "model": {"fingerprint": "f4ke0123456789abcdef", "text_model": "bow", "backbone": "tiny-cnn",
-                      "embed_dim": 64},
-            "index": {"images": {"count": len(IMAGES), "shards": 2, "factory": "Flat"},
-                      "captions": {"count": len(CAPTIONS), "shards": 2, "factory": "Flat"}},
+            "model": {
+                "fingerprint": "f4ke0123456789abcdef",
+                "text_model": "bow",
+                "backbone": "tiny-cnn",
+                "embed_dim": 64,
+            },
+            "index": {
+                "images": {"count": len(IMAGES), "shards": 2, "factory": "Flat"},
+                "captions": {"count": len(CAPTIONS), "shards": 2, "factory": "Flat"},
+            },
             "versions": {"imtext": "0.1.0", "ray": "fake", "faiss": "fake", "torch": "fake"},
             "examples": [IMAGES[1].captions[1], IMAGES[3].captions[0], IMAGES[4].captions[1]],
         }
 
     def _image_hit(rank: int, image_id: int, score: float) -> dict:
         im = IMAGES[image_id]
-        return {"rank": rank, "id": im.id, "image_id": im.image_id, "score": round(score, 6),
-                "caption": im.captions[0], "image_url": f"/images/{im.id}"}
+        return {
+            "rank": rank,
+            "id": im.id,
+            "image_id": im.image_id,
+            "score": round(score, 6),
+            "caption": im.captions[0],
+            "image_url": f"/images/{im.id}",
+        }
 
     def _check_k(k: int) -> JSONResponse | None:
         if not 1 <= k <= 100:
@@ -165,8 +191,12 @@ def create_app(delay_s: float = 0.0) -> FastAPI:
             return _err(400, "empty_query", "Type a sentence to search for (the query is empty).")
         time.sleep(delay_s)
         hits = rank_text(body.query, body.k)
-        return {"query": body.query, "k": body.k, "latency_ms": (time.perf_counter() - t0) * 1000,
-                "results": [_image_hit(r, i, s) for r, (i, s) in enumerate(hits, 1)]}
+        return {
+            "query": body.query,
+            "k": body.k,
+            "latency_ms": (time.perf_counter() - t0) * 1000,
+            "results": [_image_hit(r, i, s) for r, (i, s) in enumerate(hits, 1)],
+        }
 
     @app.post("/search/image")
     async def search_image(file: UploadFile = File(...), k: int = Form(10)):
@@ -182,11 +212,22 @@ def create_app(delay_s: float = 0.0) -> FastAPI:
         img_score = dict(hits)
         # a caption scores as its image, minus a hair per position so the order is total and stable
         caps = sorted(CAPTIONS, key=lambda c: (-img_score[c[1]], c[0]))[:k]
-        captions = [{"rank": r, "id": cid, "caption": cap, "image_id": IMAGES[iid].image_id,
-                     "score": round(img_score[iid] - 1e-3 * (cid % 2), 6)}
-                    for r, (cid, iid, cap) in enumerate(caps, 1)]
-        return {"k": k, "latency_ms": (time.perf_counter() - t0) * 1000, "captions": captions,
-                "images": [_image_hit(r, i, s) for r, (i, s) in enumerate(hits[:k], 1)]}
+        captions = [
+            {
+                "rank": r,
+                "id": cid,
+                "caption": cap,
+                "image_id": IMAGES[iid].image_id,
+                "score": round(img_score[iid] - 1e-3 * (cid % 2), 6),
+            }
+            for r, (cid, iid, cap) in enumerate(caps, 1)
+        ]
+        return {
+            "k": k,
+            "latency_ms": (time.perf_counter() - t0) * 1000,
+            "captions": captions,
+            "images": [_image_hit(r, i, s) for r, (i, s) in enumerate(hits[:k], 1)],
+        }
 
     @app.get("/images/{image_id}")
     def image(image_id: int):
@@ -208,8 +249,9 @@ class FakeApi:
 
     def __init__(self, host: str = "127.0.0.1", port: int | None = None, delay_s: float = 0.0):
         self.host, self.port = host, port or free_port(host)
-        cfg = uvicorn.Config(create_app(delay_s), host=self.host, port=self.port, log_level="warning",
-                             lifespan="off")
+        cfg = uvicorn.Config(
+            create_app(delay_s), host=self.host, port=self.port, log_level="warning", lifespan="off"
+        )
         self._server = uvicorn.Server(cfg)
         self._thread = threading.Thread(target=self._server.run, name="fake-api", daemon=True)
 

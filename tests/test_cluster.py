@@ -21,7 +21,10 @@ def imtext_commands(text: str) -> list[str]:
     text = re.sub(r">-\n\s+", "", text)
     found = []
     for line in text.splitlines():
-        for m in re.finditer(r"(?:^|[\s#`$(])(imtext (?:train|tune|index|serve|ui|submit|eval|features|data|demo)\b[^`\n]*)", line):
+        for m in re.finditer(
+            r"(?:^|[\s#`$(])(imtext (?:train|tune|index|serve|ui|submit|eval|features|data|demo)\b[^`\n]*)",
+            line,
+        ):
             command = m.group(1).strip()
             if len(command.split()) > 2:  # a bare `imtext submit` in prose names the command, runs nothing
                 found.append(command)

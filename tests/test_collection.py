@@ -44,16 +44,42 @@ def val_pairs(synth_world):
 def ray_built(tiny_model, synth_world, ray_session, tmp_path_factory) -> Path:
     """The val split through Ray Data: an actor pool of 2 (one CPU each), 2 Flat shards per index."""
     out = tmp_path_factory.mktemp("ray") / "index"
-    return build_collection(tiny_model, f"synth:{synth_world}", out, shards=2, factory="Flat", splits=["val"],
-                            use_ray=True, actors=2, batch_size=32)
+    return build_collection(
+        tiny_model,
+        f"synth:{synth_world}",
+        out,
+        shards=2,
+        factory="Flat",
+        splits=["val"],
+        use_ray=True,
+        actors=2,
+        batch_size=32,
+    )
 
 
 @pytest.fixture(scope="module")
 def cli_built(tiny_model, synth_world, tmp_path_factory) -> Path:
     """The same split through `imtext index build --no-ray` (in-process)."""
     out = tmp_path_factory.mktemp("cli") / "index"
-    rc = main(["index", "build", "--model", str(tiny_model), "--data", f"synth:{synth_world}", "--split", "val",
-               "--shards", "2", "--factory", "Flat", "--out", str(out), "--no-ray"])
+    rc = main(
+        [
+            "index",
+            "build",
+            "--model",
+            str(tiny_model),
+            "--data",
+            f"synth:{synth_world}",
+            "--split",
+            "val",
+            "--shards",
+            "2",
+            "--factory",
+            "Flat",
+            "--out",
+            str(out),
+            "--no-ray",
+        ]
+    )
     assert rc == 0
     return out
 
@@ -75,7 +101,9 @@ def _copy(src: Path, dst: Path) -> Path:
 # ---- build ---------------------------------------------------------------------------------------
 
 
-def test_ray_build_writes_counts_manifests_and_embeddings(ray_built, val_pairs, model, tiny_model, synth_world):
+def test_ray_build_writes_counts_manifests_and_embeddings(
+    ray_built, val_pairs, model, tiny_model, synth_world
+):
     order, _ = _first_appearance(val_pairs)
     n_img, n_cap = len(order), len(val_pairs)
     assert (n_img, n_cap) == (60, 300)  # 600 scenes, 10% val, 5 captions each
@@ -91,10 +119,16 @@ def test_ray_build_writes_counts_manifests_and_embeddings(ray_built, val_pairs, 
 
     for name, total in (("images", 60), ("captions", 300)):
         m = json.loads((ray_built / name / "manifest.json").read_text())
-        assert (m["model_fingerprint"], m["factory"], m["dim"], m["total"]) == (model.fingerprint, "Flat", 64, total)
+        assert (m["model_fingerprint"], m["factory"], m["dim"], m["total"]) == (
+            model.fingerprint,
+            "Flat",
+            64,
+            total,
+        )
         # contiguous halves of the ids, one per shard
         assert [(s["count"], s["id_min"], s["id_max"]) for s in m["shards"]] == [
-            (total // 2, 0, total // 2 - 1), (total // 2, total // 2, total - 1)
+            (total // 2, 0, total // 2 - 1),
+            (total // 2, total // 2, total - 1),
         ]
         assert len(pq.read_table(ray_built / f"{name}.parquet")) == total
 
@@ -137,7 +171,10 @@ def test_metadata_tables_map_ids_to_images_and_captions(ray_built, val_pairs):
 
 def test_ray_data_embeddings_equal_the_in_process_ones(ray_built, cli_built, model, val_pairs):
     for kind in ("image", "caption"):
-        ray_emb, local_emb = read_embeddings(ray_built / "embeddings", kind), read_embeddings(cli_built / "embeddings", kind)
+        ray_emb, local_emb = (
+            read_embeddings(ray_built / "embeddings", kind),
+            read_embeddings(cli_built / "embeddings", kind),
+        )
         np.testing.assert_array_equal(ray_emb.ids, local_emb.ids)
         np.testing.assert_allclose(ray_emb.vectors, local_emb.vectors, atol=1e-5)
     # and both are what the model says for those captions, in id order
@@ -203,7 +240,9 @@ def test_cli_search_by_text_and_by_image(cli_built, model, capsys):
     assert lines and f"{top[0]['score']:.3f}" in lines[0] and lines[0].split("│")[1].strip() == "1"
 
     image = col.image_rows([4])[0]
-    assert main(["index", "search", "--index", str(cli_built), "--image", image["image_path"], "-k", "2"]) == 0
+    assert (
+        main(["index", "search", "--index", str(cli_built), "--image", image["image_path"], "-k", "2"]) == 0
+    )
     out = capsys.readouterr().out
     assert "captions for" in out and "similar images" in out
     sim = [ln for ln in out.splitlines() if ln.startswith("│ 1 ")]
@@ -244,7 +283,10 @@ def test_add_appends_new_items_and_search_finds_them(cli_built, tiny_model, synt
         ids = table.column("id").to_pylist()
         assert ids == list(range(n)) and len(set(ids)) == n
     assert sorted(p.name for p in (index / "embeddings").iterdir()) == [
-        "captions-00000.parquet", "captions-00001.parquet", "images-00000.parquet", "images-00001.parquet"
+        "captions-00000.parquet",
+        "captions-00001.parquet",
+        "images-00000.parquet",
+        "images-00001.parquet",
     ]
     assert len(read_embeddings(index / "embeddings", "caption").ids) == 600
     assert (index / "images" / "shard-000.faiss").read_bytes() == before  # new items go to the last shard
@@ -272,7 +314,9 @@ def test_add_appends_new_items_and_search_finds_them(cli_built, tiny_model, synt
     # the copy we started from is untouched (hard links are never written through)
     assert Collection.load(cli_built).images.ntotal == 60
 
-    again = add_to_collection(index, tiny_model, f"synth:{synth_world}", splits=["val", "test"], use_ray=False)
+    again = add_to_collection(
+        index, tiny_model, f"synth:{synth_world}", splits=["val", "test"], use_ray=False
+    )
     assert (again["images"], again["captions"]) == (0, 0)
     assert json.loads((index / "collection.json").read_text())["counts"] == {"images": 120, "captions": 600}
 
@@ -285,8 +329,9 @@ def test_cli_add_then_search_finds_the_added_image(cli_built, tiny_model, synth_
     index = _copy(cli_built, tmp_path / "index")
     test_pairs = load_pairs(f"synth:{synth_world}", splits=["test"])
     # `imtext index add` has no --no-ray flag (yet); the handler honours args.no_ray when it is there
-    args = argparse.Namespace(index=str(index), model=str(tiny_model), data=f"synth:{synth_world}",
-                              split=["test"], no_ray=True)
+    args = argparse.Namespace(
+        index=str(index), model=str(tiny_model), data=f"synth:{synth_world}", split=["test"], no_ray=True
+    )
     assert cmd_add(args) == 0
     capsys.readouterr()
     # an image of the test split as the query: its own vector is in the index now, so it ranks first
@@ -313,14 +358,19 @@ def other_model(tiny_model, tmp_path_factory) -> Path:
 def test_model_mismatch_is_refused(cli_built, other_model, model, synth_world, tmp_path, capsys):
     other = TwoBranch.load(other_model)
     assert other.fingerprint != model.fingerprint
-    with pytest.raises(ImtextError, match=f"built with model {model.fingerprint}.*given is {other.fingerprint}"):
+    with pytest.raises(
+        ImtextError, match=f"built with model {model.fingerprint}.*given is {other.fingerprint}"
+    ):
         Collection.load(cli_built, model_fingerprint=other.fingerprint)
     index = _copy(cli_built, tmp_path / "index")
     info_before = (index / "collection.json").read_text()
     with pytest.raises(ImtextError, match="cannot share an index"):
         add_to_collection(index, other_model, f"synth:{synth_world}", splits=["test"], use_ray=False)
     assert (index / "collection.json").read_text() == info_before
-    assert main(["index", "search", "--index", str(cli_built), "--model", str(other_model), "--text", "a cross"]) == 2
+    assert (
+        main(["index", "search", "--index", str(cli_built), "--model", str(other_model), "--text", "a cross"])
+        == 2
+    )
     assert other.fingerprint in capsys.readouterr().err
 
 
@@ -357,7 +407,9 @@ def test_user_errors_have_clear_messages(tiny_model, synth_world, tmp_path):
     with pytest.raises(ImtextError, match="--shards 100 is more than the 60 image"):
         build_collection(tiny_model, spec, tmp_path / "a", shards=100, splits=["val"], use_ray=False)
     with pytest.raises(ImtextError, match="IVF4096.*only 60 images.*use IVF30"):
-        build_collection(tiny_model, spec, tmp_path / "a", factory="IVF4096,Flat", splits=["val"], use_ray=False)
+        build_collection(
+            tiny_model, spec, tmp_path / "a", factory="IVF4096,Flat", splits=["val"], use_ray=False
+        )
     with pytest.raises(ImtextError, match="cannot make an index from factory string 'Nope'"):
         build_collection(tiny_model, spec, tmp_path / "a", factory="Nope", splits=["val"], use_ray=False)
     precious = tmp_path / "my-photos"
@@ -386,14 +438,25 @@ def test_embed_collection_in_process_keeps_id_order(model, val_pairs):
     paths = dict(zip(val_pairs.column("image_id").to_pylist(), val_pairs.column("image_path").to_pylist()))
     caps = val_pairs.column("caption").to_pylist()[:7]
     # ids given out of order come back sorted, each with its own vector
-    rep = embed_collection("unused", [5, 2], [paths[order[0]], paths[order[1]]], [9, 3, 4], caps[:3],
-                           use_ray=False, model=model, batch_size=2, progress=False)
+    rep = embed_collection(
+        "unused",
+        [5, 2],
+        [paths[order[0]], paths[order[1]]],
+        [9, 3, 4],
+        caps[:3],
+        use_ray=False,
+        model=model,
+        batch_size=2,
+        progress=False,
+    )
     assert rep.images.ids.tolist() == [2, 5] and rep.captions.ids.tolist() == [3, 4, 9]
     from imtext.data import load_image
 
     direct = model.embed_images([load_image(paths[order[1]]), load_image(paths[order[0]])])
     np.testing.assert_allclose(rep.images.vectors, direct, atol=1e-5)
-    np.testing.assert_allclose(rep.captions.vectors, model.embed_texts([caps[1], caps[2], caps[0]]), atol=1e-5)
+    np.testing.assert_allclose(
+        rep.captions.vectors, model.embed_texts([caps[1], caps[2], caps[0]]), atol=1e-5
+    )
 
 
 # ---- coco-mini end to end (the acceptance test) ------------------------------------------------------
@@ -412,7 +475,9 @@ def test_coco_mini_text_finds_the_right_photo(coco_artifacts):
     ids, matrix, _ = load_features(feats)
     from imtext.data import load_image
 
-    first = dict(zip(train_pairs.column("image_id").to_pylist(), train_pairs.column("image_path").to_pylist()))
+    first = dict(
+        zip(train_pairs.column("image_id").to_pylist(), train_pairs.column("image_path").to_pylist())
+    )
     pick = ids[:3]
     with torch.inference_mode():
         from_features = model.encode_images(torch.from_numpy(matrix[:3])).numpy()
@@ -426,8 +491,10 @@ def test_coco_mini_text_finds_the_right_photo(coco_artifacts):
     truth = np.asarray([r["image"] for r in caps])
     r10 = (found == truth[:, None]).any(axis=1).mean()
     r1 = (found[:, 0] == truth).mean()
-    print(f"\ncoco-mini val2017 (79 photos, 395 captions): text -> photo R@1 {r1:.3f}, R@10 {r10:.3f} "
-          f"(chance 10/79 = 0.127); features {t_feat:.0f} s, training {t_train:.0f} s, index {t_build:.0f} s")
+    print(
+        f"\ncoco-mini val2017 (79 photos, 395 captions): text -> photo R@1 {r1:.3f}, R@10 {r10:.3f} "
+        f"(chance 10/79 = 0.127); features {t_feat:.0f} s, training {t_train:.0f} s, index {t_build:.0f} s"
+    )
     assert r10 >= 0.5  # "most captions"; measured 0.61-0.65 over seeds 0-3, chance is 0.13
 
 
@@ -438,8 +505,13 @@ def test_new_captions_of_known_images_point_at_the_existing_image():
     from imtext.data import PAIRS_SCHEMA
 
     pairs = pa.table(
-        {"image_id": ["old", "new", "old", "new"], "image_path": ["/o.png", "/n.png", "/o.png", "/n.png"],
-         "caption_id": ["c5", "c6", "c7", "c8"], "caption": ["a", "b", "c", "d"], "split": ["val"] * 4},
+        {
+            "image_id": ["old", "new", "old", "new"],
+            "image_path": ["/o.png", "/n.png", "/o.png", "/n.png"],
+            "caption_id": ["c5", "c6", "c7", "c8"],
+            "caption": ["a", "b", "c", "d"],
+            "split": ["val"] * 4,
+        },
         schema=PAIRS_SCHEMA,
     )
     images, captions = _split_tables(pairs, first_image_id=10, first_caption_id=40, image_index={"old": 3})

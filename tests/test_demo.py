@@ -25,8 +25,23 @@ def _start(workdir: Path, port: int, ui_port: int, *extra: str) -> tuple[subproc
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "160"}
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.Popen(
-        [IMTEXT, "demo", "--tiny", "--workdir", str(workdir), "--port", str(port), "--ui-port", str(ui_port), *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True,
+        [
+            IMTEXT,
+            "demo",
+            "--tiny",
+            "--workdir",
+            str(workdir),
+            "--port",
+            str(port),
+            "--ui-port",
+            str(ui_port),
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        start_new_session=True,
     )
     lines: list[str] = []
 
@@ -86,7 +101,9 @@ def test_demo_end_to_end_then_ctrl_c_then_reuse(tmp_path):
     proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
     assert proc.wait(timeout=120) in (0, 130)
     deadline = time.time() + 30
-    while time.time() < deadline and any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in family):
+    while time.time() < deadline and any(
+        p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in family
+    ):
         time.sleep(1)
     left = [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert not left, f"processes left behind after Ctrl-C: {[(p.pid, p.name()) for p in left]}"

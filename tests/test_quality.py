@@ -28,12 +28,20 @@ MIN_ORDER_GAP = 20  # GRU over bag of words on captions that differ only in word
 def world(tmp_path_factory):
     from imtext.data.synth import generate
 
-    return generate(tmp_path_factory.mktemp("quality") / "world", n_images=SCENES, seed=SEED, order_pairs=ORDER_PAIRS)
+    return generate(
+        tmp_path_factory.mktemp("quality") / "world", n_images=SCENES, seed=SEED, order_pairs=ORDER_PAIRS
+    )
 
 
 def _train_and_score(world, tmp_path, **overrides) -> dict[str, dict[str, float]]:
-    cfg = Config().override({"data.spec": f"synth:{world}", "train.out": str(tmp_path / "model"),
-                             "train.epochs": EPOCHS, **overrides})
+    cfg = Config().override(
+        {
+            "data.spec": f"synth:{world}",
+            "train.out": str(tmp_path / "model"),
+            "train.epochs": EPOCHS,
+            **overrides,
+        }
+    )
     started = time.perf_counter()
     model, history = train_local(cfg)
     seconds = time.perf_counter() - started

@@ -37,7 +37,12 @@ def test_two_workers_checkpoint_export_and_resume(ray_session, synth_world, tmp_
     result = fit(cfg)
     assert result.error is None
     model = TwoBranch.load(out)  # the best checkpoint, in the model-artifact format
-    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "metrics.json", "vocab.json", "weights.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.yaml",
+        "metrics.json",
+        "vocab.json",
+        "weights.safetensors",
+    ]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["best"]["rsum"] == max(row["rsum"] for row in metrics["history"])
     assert model.embed_texts(["a red circle"]).shape == (1, 64)
@@ -73,7 +78,11 @@ def test_killed_worker_restores_from_checkpoint_and_finishes(ray_session, synth_
     from imtext.train.ray_train import fit, run_paths
 
     out = tmp_path / "model"
-    cfg = _cfg(synth_world, out, **{"train.workers": 1, "train.epochs": 3, "train.max_failures": 2, "train.num_to_keep": 3})
+    cfg = _cfg(
+        synth_world,
+        out,
+        **{"train.workers": 1, "train.epochs": 3, "train.max_failures": 2, "train.num_to_keep": 3},
+    )
     storage, name = run_paths(cfg)
     killed: list[int] = []
 

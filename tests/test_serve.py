@@ -38,10 +38,12 @@ def collections(tiny_model, synth_world, tmp_path_factory) -> dict[str, Path]:
     data = f"synth:{synth_world}"
     out = {
         "A": build_collection(tiny_model, data, root / "A", shards=2, use_ray=False, progress=False),
-        "B": build_collection(tiny_model, data, root / "B", shards=1, splits=["test"], use_ray=False,
-                              progress=False),
-        "three": build_collection(tiny_model, data, root / "three", shards=3, splits=["test"], use_ray=False,
-                                  progress=False),
+        "B": build_collection(
+            tiny_model, data, root / "B", shards=1, splits=["test"], use_ray=False, progress=False
+        ),
+        "three": build_collection(
+            tiny_model, data, root / "three", shards=3, splits=["test"], use_ray=False, progress=False
+        ),
     }
     corrupt = root / "corrupt"  # metadata fine, a shard file damaged (its checksum no longer matches)
     shutil.copytree(out["B"], corrupt)
@@ -72,8 +74,14 @@ def local(tiny_model, collections):
 def api(ray_session, tiny_model, collections):
     from serve.launch import start
 
-    running = start(tiny_model, collections["A"], host="127.0.0.1", port=free_port(), admin_token=TOKEN,
-                    options={"shard_timeout_s": 3.0, "encoder_timeout_s": 20.0, "release_after_s": 2.0})
+    running = start(
+        tiny_model,
+        collections["A"],
+        host="127.0.0.1",
+        port=free_port(),
+        admin_token=TOKEN,
+        options={"shard_timeout_s": 3.0, "encoder_timeout_s": 20.0, "release_after_s": 2.0},
+    )
     try:
         yield running
     finally:
@@ -211,7 +219,10 @@ def test_build_app_and_check_dirs_refuse_bad_input(tiny_model, collections, tmp_
         check_dirs(tmp_path, collections["A"])
     with pytest.raises(ImtextError, match="not an imtext collection"):
         check_dirs(tiny_model, tmp_path)
-    assert check_dirs(tiny_model, collections["A"]) == (Path(tiny_model).resolve(), collections["A"].resolve())
+    assert check_dirs(tiny_model, collections["A"]) == (
+        Path(tiny_model).resolve(),
+        collections["A"].resolve(),
+    )
 
 
 def test_config_yaml_is_a_valid_serve_config_for_build_app(tiny_model, collections):
@@ -239,8 +250,12 @@ def test_health_info_and_docs(client, local, collections):
     model, col = local
     assert client.get("/healthz").json() == {"status": "ok"}
     info = client.get("/info").json()
-    assert info["model"] == {"fingerprint": model.fingerprint, "text_model": model.config.text.model,
-                             "backbone": model.config.image.backbone, "embed_dim": model.config.model.embed_dim}
+    assert info["model"] == {
+        "fingerprint": model.fingerprint,
+        "text_model": model.config.text.model,
+        "backbone": model.config.image.backbone,
+        "embed_dim": model.config.model.embed_dim,
+    }
     assert info["index"] == {
         "images": {"count": col.images.ntotal, "shards": 2, "factory": "Flat"},
         "captions": {"count": col.captions.ntotal, "shards": 2, "factory": "Flat"},
@@ -273,7 +288,10 @@ def test_search_text_matches_in_process_and_finds_the_image(client, local):
         for h, row in zip(hits, rows):
             if h["id"] == row["id"]:
                 assert (h["image_id"], h["caption"], h["image_url"]) == (
-                    row["image_id"], row["caption"], f"/images/{row['id']}")
+                    row["image_id"],
+                    row["caption"],
+                    f"/images/{row['id']}",
+                )
 
 
 @pytest.mark.ray
@@ -286,7 +304,9 @@ def test_search_image_ranks_the_image_itself_first(client, local):
     body = resp.json()
     assert body["k"] == 5 and len(body["images"]) == 5 and len(body["captions"]) == 5
     top = body["images"][0]
-    assert (top["id"], top["image_id"]) == (7, row["image_id"]) and top["score"] == pytest.approx(1.0, abs=1e-4)
+    assert (top["id"], top["image_id"]) == (7, row["image_id"]) and top["score"] == pytest.approx(
+        1.0, abs=1e-4
+    )
     from imtext.data import load_image
 
     v = model.embed_images([load_image(row["image_path"])])
@@ -295,7 +315,10 @@ def test_search_image_ranks_the_image_itself_first(client, local):
     cap_rows = {r["id"]: r for r in col.caption_rows(i[0])}
     for c in body["captions"]:
         if c["id"] in cap_rows:
-            assert (c["caption"], c["image_id"]) == (cap_rows[c["id"]]["caption"], cap_rows[c["id"]]["image_id"])
+            assert (c["caption"], c["image_id"]) == (
+                cap_rows[c["id"]]["caption"],
+                cap_rows[c["id"]]["image_id"],
+            )
 
 
 @pytest.mark.ray
@@ -330,18 +353,34 @@ def test_bad_inputs_get_4xx_json_and_change_nothing(client, local):
     assert_error(client.post("/search/text", json={"query": "dog", "k": 101}), 422, "bad_k")
     assert_error(client.post("/search/text", json={"query": "dog", "k": "many"}), 422, "invalid_request")
     assert_error(client.post("/search/text", json={"k": 5}), 422, "invalid_request")
-    assert_error(client.post("/search/text", content=b"{not json", headers={"content-type": "application/json"}),
-                 422, "invalid_request")
-    assert_error(client.post("/search/image", files={"file": ("a.txt", b"just text", "text/plain")}),
-                 415, "not_an_image")
-    assert_error(client.post("/search/image", files={"file": ("a.png", png[: len(png) // 2], "image/png")}),
-                 400, "bad_image")
-    assert_error(client.post("/search/image", files={"file": ("a.png", b"", "image/png")}), 400, "empty_upload")
-    assert_error(client.post("/search/image", files={"file": ("a.png", png, "image/png")}, data={"k": "0"}),
-                 422, "bad_k")
+    assert_error(
+        client.post("/search/text", content=b"{not json", headers={"content-type": "application/json"}),
+        422,
+        "invalid_request",
+    )
+    assert_error(
+        client.post("/search/image", files={"file": ("a.txt", b"just text", "text/plain")}),
+        415,
+        "not_an_image",
+    )
+    assert_error(
+        client.post("/search/image", files={"file": ("a.png", png[: len(png) // 2], "image/png")}),
+        400,
+        "bad_image",
+    )
+    assert_error(
+        client.post("/search/image", files={"file": ("a.png", b"", "image/png")}), 400, "empty_upload"
+    )
+    assert_error(
+        client.post("/search/image", files={"file": ("a.png", png, "image/png")}, data={"k": "0"}),
+        422,
+        "bad_k",
+    )
     assert_error(client.post("/search/image", data={"k": "3"}), 422, "invalid_request")
     big = png + b"\0" * (10 * 2**20)  # over 10 MB
-    assert_error(client.post("/search/image", files={"file": ("a.png", big, "image/png")}), 413, "upload_too_large")
+    assert_error(
+        client.post("/search/image", files={"file": ("a.png", big, "image/png")}), 413, "upload_too_large"
+    )
     assert_error(client.get("/no/such/route"), 404, "not_found")
     assert_error(client.get("/search/text"), 405, "method_not_allowed")
 
@@ -356,8 +395,14 @@ def test_bad_inputs_get_4xx_json_and_change_nothing(client, local):
 class Load:
     """A bounded client loop on loopback in a thread: records (status, seconds, body) per request."""
 
-    def __init__(self, url: str, queries: list[str], n: int | None = None, seconds: float | None = None,
-                 timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        queries: list[str],
+        n: int | None = None,
+        seconds: float | None = None,
+        timeout: float = 30.0,
+    ) -> None:
         self.url, self.queries, self.n, self.seconds, self.timeout = url, queries, n, seconds, timeout
         self.results: list[tuple[int, float, dict]] = []
         self.stop = threading.Event()
@@ -371,7 +416,9 @@ class Load:
                 t0 = time.monotonic()
                 try:
                     r = c.post("/search/text", json={"query": self.queries[i % len(self.queries)], "k": 5})
-                    body = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
+                    body = (
+                        r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
+                    )
                     self.results.append((r.status_code, time.monotonic() - t0, body))
                 except httpx.HTTPError as e:  # a hang or a dropped connection: recorded as a failure
                     self.results.append((0, time.monotonic() - t0, {"exception": repr(e)}))
@@ -389,8 +436,11 @@ class Load:
 def _replica_names(deployment: str) -> list[str]:
     import ray
 
-    return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-                  if a["namespace"] == "serve" and a["name"].startswith(f"SERVE_REPLICA::imtext#{deployment}#"))
+    return sorted(
+        a["name"]
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if a["namespace"] == "serve" and a["name"].startswith(f"SERVE_REPLICA::imtext#{deployment}#")
+    )
 
 
 @pytest.mark.ray
@@ -430,14 +480,24 @@ def test_admin_reload_refuses_bad_requests_and_changes_nothing(client, collectio
     auth = {"Authorization": f"Bearer {TOKEN}"}
     body = {"index_dir": str(collections["B"])}
     assert_error(client.post("/admin/reload", json=body), 401, "unauthorized")
-    assert_error(client.post("/admin/reload", json=body, headers={"Authorization": "Bearer wrong"}),
-                 401, "unauthorized")
-    assert_error(client.post("/admin/reload", json={"index_dir": str(collections["foreign"])}, headers=auth),
-                 409, "model_mismatch")
-    assert_error(client.post("/admin/reload", json={"index_dir": str(collections["three"])}, headers=auth),
-                 409, "too_many_shards")
-    assert_error(client.post("/admin/reload", json={"index_dir": "/no/such/dir"}, headers=auth),
-                 400, "bad_index")
+    assert_error(
+        client.post("/admin/reload", json=body, headers={"Authorization": "Bearer wrong"}),
+        401,
+        "unauthorized",
+    )
+    assert_error(
+        client.post("/admin/reload", json={"index_dir": str(collections["foreign"])}, headers=auth),
+        409,
+        "model_mismatch",
+    )
+    assert_error(
+        client.post("/admin/reload", json={"index_dir": str(collections["three"])}, headers=auth),
+        409,
+        "too_many_shards",
+    )
+    assert_error(
+        client.post("/admin/reload", json={"index_dir": "/no/such/dir"}, headers=auth), 400, "bad_index"
+    )
     resp = client.post("/admin/reload", json={"index_dir": str(collections["corrupt"])}, headers=auth)
     assert_error(resp, 400, "bad_index")
     assert "corrupt" in resp.json()["error"]["message"]
@@ -457,21 +517,28 @@ def test_index_swap_under_load_drops_no_request(api, client, collections):
         while len(load.results) < 50:
             time.sleep(0.02)
         swapped_at = len(load.results)
-        resp = client.post("/admin/reload", json={"index_dir": str(collections["B"])},
-                           headers={"Authorization": f"Bearer {TOKEN}"})
+        resp = client.post(
+            "/admin/reload",
+            json={"index_dir": str(collections["B"])},
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        )
         done_at = len(load.results)
         load.thread.join(timeout=180)
     assert resp.status_code == 200, resp.text
     statuses = [s for s, _, _ in load.results]
     assert len(statuses) == 200 and statuses.count(200) == 200, {s: statuses.count(s) for s in set(statuses)}
     # requests that started after the swap answered from B; the ones before it from A
-    after = [body for _, _, body in load.results[done_at + 1:]]
+    after = [body for _, _, body in load.results[done_at + 1 :]]
     assert after and all({h["image_id"] for h in body["results"]} <= b_image_ids for body in after)
-    assert any(not {h["image_id"] for h in body["results"]} <= b_image_ids
-               for _, _, body in load.results[:swapped_at])
+    assert any(
+        not {h["image_id"] for h in body["results"]} <= b_image_ids
+        for _, _, body in load.results[:swapped_at]
+    )
     info = client.get("/info").json()
-    assert info["index"] == {"images": {"count": b.images.ntotal, "shards": 1, "factory": "Flat"},
-                             "captions": {"count": b.captions.ntotal, "shards": 1, "factory": "Flat"}}
+    assert info["index"] == {
+        "images": {"count": b.images.ntotal, "shards": 1, "factory": "Flat"},
+        "captions": {"count": b.captions.ntotal, "shards": 1, "factory": "Flat"},
+    }
     assert info["collection"]["splits"] == ["test"]
     # once no old request can need it, every shard replica lets the old collection go (memory back to 1x)
     from ray import serve
@@ -496,8 +563,9 @@ def test_reload_picks_up_a_collection_grown_in_place(client, collections, tiny_m
     b_dir = str(collections["B"])
     assert client.post("/admin/reload", json={"index_dir": b_dir}, headers=auth).status_code == 200
     before = client.get("/info").json()["index"]["images"]["count"]
-    added = add_to_collection(b_dir, tiny_model, f"synth:{synth_world}", splits=["val"], use_ray=False,
-                              progress=False)
+    added = add_to_collection(
+        b_dir, tiny_model, f"synth:{synth_world}", splits=["val"], use_ray=False, progress=False
+    )
     assert added["images"] > 0
     resp = client.post("/admin/reload", json={"index_dir": b_dir}, headers=auth)
     assert resp.status_code == 200, resp.text
@@ -507,6 +575,7 @@ def test_reload_picks_up_a_collection_grown_in_place(client, collections, tiny_m
     from imtext.collection import Collection
 
     path = Collection.load(b_dir).image_path(new_id)
-    body = client.post("/search/image", files={"file": ("new.png", path.read_bytes(), "image/png")},
-                       data={"k": "3"}).json()
+    body = client.post(
+        "/search/image", files={"file": ("new.png", path.read_bytes(), "image/png")}, data={"k": "3"}
+    ).json()
     assert body["images"][0]["id"] == new_id

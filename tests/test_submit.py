@@ -33,10 +33,20 @@ def ray_head(tmp_path):
     bin_dir = Path(sys.executable).parent
     dash = free_port()
     cmd = [
-        str(bin_dir / "ray"), "start", "--head", "--block", f"--port={free_port()}",
-        "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-        f"--dashboard-agent-listen-port={free_port()}", f"--ray-client-server-port={free_port()}",
-        f"--min-worker-port={20000}", f"--max-worker-port={20999}", "--num-cpus=6", "--include-dashboard=true",
+        str(bin_dir / "ray"),
+        "start",
+        "--head",
+        "--block",
+        f"--port={free_port()}",
+        "--node-ip-address=127.0.0.1",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dash}",
+        f"--dashboard-agent-listen-port={free_port()}",
+        f"--ray-client-server-port={free_port()}",
+        f"--min-worker-port={20000}",
+        f"--max-worker-port={20999}",
+        "--num-cpus=6",
+        "--include-dashboard=true",
     ]
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
     env.pop("RAY_ADDRESS", None)
@@ -71,9 +81,25 @@ def test_submit_training_job_to_a_real_head(ray_head, synth_world, tmp_path, cap
 
     out = tmp_path / "job-model"
     args = [
-        "train", "--data", f"synth:{synth_world}", "--workers", "1", "--epochs", "1", "--batch-size", "64",
-        "--out", str(out), "--set", "data.max_train_pairs=256", "--set", "text.hidden_dim=64",
-        "--set", "model.embed_dim=32", "--set", "model.mlp_hidden=0",
+        "train",
+        "--data",
+        f"synth:{synth_world}",
+        "--workers",
+        "1",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "64",
+        "--out",
+        str(out),
+        "--set",
+        "data.max_train_pairs=256",
+        "--set",
+        "text.hidden_dim=64",
+        "--set",
+        "model.embed_dim=32",
+        "--set",
+        "model.mlp_hidden=0",
     ]
     if not shutil.which("imtext", path=str(Path(sys.executable).parent)):
         pytest.fail("the imtext console script is not installed beside this Python")

@@ -33,7 +33,9 @@ def test_shipped_spaces_load_and_paper_grid_has_45_cells():
 
 def test_weights_pseudo_key_expands_to_both_direction_weights():
     assert expand({"loss.weights": [1, 0.25], "loss.margin": 0.1}) == {
-        "loss.margin": 0.1, "loss.i2t_weight": 1.0, "loss.t2i_weight": 0.25,
+        "loss.margin": 0.1,
+        "loss.i2t_weight": 1.0,
+        "loss.t2i_weight": 0.25,
     }
     cfg = Config().override(expand({"loss.weights": [0.25, 1.0]}))
     assert (cfg.loss.i2t_weight, cfg.loss.t2i_weight) == (0.25, 1.0)
@@ -108,14 +110,33 @@ def test_asha_search_writes_outputs_resumes_and_best_yaml_retrains(ray_session, 
     base = tiny_config(synth_world, tmp_path / "unused", **{"data.max_train_pairs": 1000, "train.seed": 3})
     run_dir = tmp_path / "run"
     start = time.perf_counter()
-    run_tune(base, SPACES / "smoke.yaml", trials=4, scheduler="asha", concurrent=2, cpus_per_trial=1,
-             run_dir=run_dir, verbose=0)
+    run_tune(
+        base,
+        SPACES / "smoke.yaml",
+        trials=4,
+        scheduler="asha",
+        concurrent=2,
+        cpus_per_trial=1,
+        run_dir=run_dir,
+        verbose=0,
+    )
     print(f"search: {time.perf_counter() - start:.1f} s")
 
     frame = pd.read_parquet(run_dir / "results.parquet")
     assert len(frame) == 4 and len(pd.read_csv(run_dir / "results.csv")) == 4
-    for col in ("trial_id", "status", "loss.margin", "loss.negatives", "epochs", "best_epoch", "best_rsum",
-                "best_i2t_r1", "best_t2i_medr", "final_rsum", "checkpoint"):
+    for col in (
+        "trial_id",
+        "status",
+        "loss.margin",
+        "loss.negatives",
+        "epochs",
+        "best_epoch",
+        "best_rsum",
+        "best_i2t_r1",
+        "best_t2i_medr",
+        "final_rsum",
+        "checkpoint",
+    ):
         assert col in frame.columns, col
     assert frame["loss.margin"].between(0.05, 0.5).all()
     assert set(frame["loss.negatives"]) <= {"all", "hardest", "semi-hard"}
@@ -127,7 +148,9 @@ def test_asha_search_writes_outputs_resumes_and_best_yaml_retrains(ray_session, 
 
     best = frame.loc[frame["best_rsum"].idxmax()]
     cfg = Config.load(run_dir / "best.yaml")
-    assert cfg.loss.margin == pytest.approx(best["loss.margin"]) and cfg.loss.negatives == best["loss.negatives"]
+    assert (
+        cfg.loss.margin == pytest.approx(best["loss.margin"]) and cfg.loss.negatives == best["loss.negatives"]
+    )
     assert cfg.data.spec == f"synth:{synth_world.resolve()}" and cfg.train.epochs == 2
     model = TwoBranch.load(run_dir / "best_model")
     assert model.config.loss.negatives == best["loss.negatives"]

@@ -29,8 +29,16 @@ ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
 DOCS_SHOTS = ROOT / "docs" / "screenshots"
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 VIEWPORT = {"width": 1280, "height": 800}
 WAIT_MS = 20_000  # a loaded 2-core machine can take a while; a pass usually takes well under a second
 
@@ -40,13 +48,14 @@ class SearchCase:
     """An API and what it must answer: swap the fixture that makes this to test another API."""
 
     api_url: str
-    sentence: str            # a query whose best image is known ...
+    sentence: str  # a query whose best image is known ...
     sentence_top_label: str  # ... and text its gallery label (the image's caption) contains
-    image_path: Path         # an image whose own caption must come first ...
-    image_caption: str       # ... that caption
-    example: str             # one of /info's example queries
-    example_top_label: str   # text in the top gallery label when that example is clicked
-    name: str = "fake-api"   # which API: screenshots are named after it; the README shows the real app
+    image_path: Path  # an image whose own caption must come first ...
+    image_caption: str  # ... that caption
+    example: str  # one of /info's example queries
+    example_top_label: str  # text in the top gallery label when that example is clicked
+    name: str = "fake-api"  # which API: screenshots are named after it; the README shows the real app
+
 
 def _fake_case(tmp_path_factory) -> Iterator[SearchCase]:
     stripes, circle = IMAGES[3], IMAGES[1]
@@ -91,7 +100,9 @@ def _serve_case(request) -> Iterator[SearchCase]:
     try:
         info = httpx.get(f"{running.url}/info", timeout=30).json()
         example = info["examples"][0]
-        example_top = httpx.post(f"{running.url}/search/text", json={"query": example, "k": 1}, timeout=60).json()
+        example_top = httpx.post(
+            f"{running.url}/search/text", json={"query": example, "k": 1}, timeout=60
+        ).json()
         yield SearchCase(
             api_url=running.url,
             sentence=sentence["caption"],
@@ -135,8 +146,12 @@ def browser_context(tmp_path_factory: pytest.TempPathFactory):
     profile = tmp_path_factory.mktemp("chromium-profile")  # a new, empty user data dir
     with sync_playwright() as p:
         ctx = p.chromium.launch_persistent_context(
-            str(profile), executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True,
-            viewport=VIEWPORT, device_scale_factor=1,
+            str(profile),
+            executable_path=str(CHROMIUM),
+            args=CHROMIUM_ARGS,
+            headless=True,
+            viewport=VIEWPORT,
+            device_scale_factor=1,
         )
         ctx.set_default_timeout(WAIT_MS)
         expect.set_options(timeout=WAIT_MS)  # expect() has its own 5 s default
@@ -155,8 +170,12 @@ def external_requests() -> list[str]:
 @pytest.fixture
 def page(browser_context, page_url: str, external_requests: list[str]):
     pg = browser_context.new_page()
-    pg.on("request", lambda r: None if urlsplit(r.url).hostname in ("127.0.0.1", None)
-          else external_requests.append(r.url))
+    pg.on(
+        "request",
+        lambda r: (
+            None if urlsplit(r.url).hostname in ("127.0.0.1", None) else external_requests.append(r.url)
+        ),
+    )
     pg.goto(page_url)
     pg.wait_for_selector("#query textarea, #query input")
     yield pg
@@ -172,8 +191,10 @@ def _shot(pg, name: str, docs_name: str | None = None) -> Path:
     """Screenshot into test-artifacts/; docs/screenshots/ only if missing or IMTEXT_UPDATE_SCREENSHOTS=1,
     so a test run does not dirty tracked files with every latency number."""
     # gallery thumbnails load lazily and fade in: wait until every visible one is decoded
-    pg.wait_for_function("Array.from(document.querySelectorAll('.gallery-item img'))"
-                         ".every(i => i.complete && i.naturalWidth > 0)")
+    pg.wait_for_function(
+        "Array.from(document.querySelectorAll('.gallery-item img'))"
+        ".every(i => i.complete && i.naturalWidth > 0)"
+    )
     pg.wait_for_timeout(400)
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / f"ui-{name}.png"
@@ -194,8 +215,9 @@ def _query_box(pg):
 
 
 @pytest.mark.browser
-def test_sentence_search_shows_the_expected_image_first(page, search_case: SearchCase,
-                                                       external_requests: list[str]):
+def test_sentence_search_shows_the_expected_image_first(
+    page, search_case: SearchCase, external_requests: list[str]
+):
     from playwright.sync_api import expect
 
     expect(page.locator("#imtext-header h1")).to_contain_text("image ⇄ text search")
@@ -294,13 +316,29 @@ def test_api_down_is_a_friendly_message(browser_context):
 
 
 def test_footer_and_labels_format_the_api_values():
-    info = {"model": {"fingerprint": "0123456789abcdef", "text_model": "gru", "backbone": "resnet18",
-                      "embed_dim": 512},
-            "index": {"images": {"count": 12345, "shards": 4, "factory": "HNSW32"},
-                      "captions": {"count": 61725, "shards": 4, "factory": "IVF256,Flat"}}}
+    info = {
+        "model": {
+            "fingerprint": "0123456789abcdef",
+            "text_model": "gru",
+            "backbone": "resnet18",
+            "embed_dim": 512,
+        },
+        "index": {
+            "images": {"count": 12345, "shards": 4, "factory": "HNSW32"},
+            "captions": {"count": 61725, "shards": 4, "factory": "IVF256,Flat"},
+        },
+    }
     text = footer_text(info, None, {"latency_ms": 3.25, "roundtrip_ms": 12.04})
-    for part in ("gru text", "resnet18 images", "512-d", "fingerprint 01234567", "12,345 images (4 shards, HNSW32)",
-                 "61,725 captions (4 shards, IVF256,Flat)", "3.2 ms in the API", "12.0 ms round trip"):
+    for part in (
+        "gru text",
+        "resnet18 images",
+        "512-d",
+        "fingerprint 01234567",
+        "12,345 images (4 shards, HNSW32)",
+        "61,725 captions (4 shards, IVF256,Flat)",
+        "3.2 ms in the API",
+        "12.0 ms round trip",
+    ):
         assert part in text, part
     assert "Cannot reach" in footer_text(None, "Cannot reach the API")
     assert image_label({"rank": 2, "score": 0.51234, "caption": "a cat"}) == "#2 · 0.512 — a cat"
@@ -338,16 +376,21 @@ def test_api_keeps_the_http_contract(search_case: SearchCase):
         assert img.status_code == 200 and img.headers["content-type"] in ("image/jpeg", "image/png")
 
         with open(search_case.image_path, "rb") as f:
-            res = http.post("/search/image", files={"file": ("q.png", f, "image/png")}, data={"k": "4"}).json()
+            res = http.post(
+                "/search/image", files={"file": ("q.png", f, "image/png")}, data={"k": "4"}
+            ).json()
         assert res["k"] == 4 and len(res["captions"]) == 4 and 1 <= len(res["images"]) <= 4
         assert all(set(c) >= {"rank", "id", "caption", "image_id", "score"} for c in res["captions"])
         assert all(set(h) >= _HIT_KEYS for h in res["images"])
         assert res["captions"][0]["caption"] == search_case.image_caption
 
-        for resp in (http.post("/search/text", json={"query": "", "k": 3}),
-                     http.post("/search/text", json={"query": "a dog", "k": 0}),
-                     http.post("/search/image", files={"file": ("x.txt", b"not an image", "text/plain")},
-                               data={"k": "3"})):
+        for resp in (
+            http.post("/search/text", json={"query": "", "k": 3}),
+            http.post("/search/text", json={"query": "a dog", "k": 0}),
+            http.post(
+                "/search/image", files={"file": ("x.txt", b"not an image", "text/plain")}, data={"k": "3"}
+            ),
+        ):
             assert 400 <= resp.status_code < 500, resp.text
             err = resp.json()["error"]
             assert err["code"] and err["message"]

@@ -90,7 +90,9 @@ def trial_rows(grid, spec: dict[str, Any]) -> list[dict[str, Any]]:
 def best_row(rows: list[dict[str, Any]], metric: str) -> dict[str, Any]:
     scored = [r for r in rows if not math.isnan(r[f"best_{metric}"]) and r["checkpoint"]]
     if not scored:
-        raise ImtextError("no trial reported a metric with a checkpoint; see the trial logs in the run folder")
+        raise ImtextError(
+            "no trial reported a metric with a checkpoint; see the trial logs in the run folder"
+        )
     return max(scored, key=lambda r: r[f"best_{metric}"])
 
 
@@ -120,8 +122,10 @@ def write_outputs(grid, spec: dict[str, Any], space: Space, summary: bool = True
     )
     export_model(best["checkpoint"], run_dir / "best_model")
     plot(rows, spec, run_dir / "plot.png")
-    print(f"best trial {best['trial_id']}: {metric} {best[f'best_{metric}']:.1f} (epoch {best['best_epoch']}); "
-          f"outputs in {run_dir}")
+    print(
+        f"best trial {best['trial_id']}: {metric} {best[f'best_{metric}']:.1f} (epoch {best['best_epoch']}); "
+        f"outputs in {run_dir}"
+    )
     return best
 
 
@@ -195,23 +199,31 @@ def config_headers(keys: list[str]) -> list[str]:
     for k in keys:
         if k == "loss.t2i_weight" and "loss.i2t_weight" in keys:
             continue
-        out.append("weights i2t/t2i" if k == "loss.i2t_weight" and "loss.t2i_weight" in keys else short_name(k))
+        out.append(
+            "weights i2t/t2i" if k == "loss.i2t_weight" and "loss.t2i_weight" in keys else short_name(k)
+        )
     return out
 
 
 def print_summary(rows: list[dict[str, Any]], keys: list[str], metric: str, title: str = "") -> None:
     """The paper's layout: one row per configuration, R@1/5/10 and medr per direction, then rsum."""
     headers, table = summary_table(rows, keys, metric)
-    print_wide(title or f"trials by best validation {metric} (i2t = annotation, t2i = search)", headers, table)
+    print_wide(
+        title or f"trials by best validation {metric} (i2t = annotation, t2i = search)", headers, table
+    )
 
 
-def summary_table(rows: list[dict[str, Any]], keys: list[str], metric: str) -> tuple[list[str], list[list[Any]]]:
+def summary_table(
+    rows: list[dict[str, Any]], keys: list[str], metric: str
+) -> tuple[list[str], list[list[Any]]]:
     headers = [*config_headers(keys)]
     for d in ("i2t", "t2i"):
         headers += [f"{d} R@1", f"{d} R@5", f"{d} R@10", f"{d} medr"]
     extra = [] if metric == "rsum" else [metric]
     headers += [*extra, "rsum", "epochs", "status"]
-    ordered = sorted(rows, key=lambda r: -r[f"best_{metric}"] if not math.isnan(r[f"best_{metric}"]) else math.inf)
+    ordered = sorted(
+        rows, key=lambda r: -r[f"best_{metric}"] if not math.isnan(r[f"best_{metric}"]) else math.inf
+    )
     table = []
     for r in ordered:
         cells = config_columns(r, keys)

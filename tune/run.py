@@ -45,8 +45,12 @@ def multi_worker_trial(config: dict[str, Any], base: dict[str, Any], storage: st
     cfg = trial_config({"base": base, "params": expand(config)})
     # The trial id is stable across a restore, so a resumed trial finds its Train run again.
     trainer = build_trainer(
-        cfg, f"train_{ray.tune.get_context().get_trial_id()}", storage,
-        callbacks=[TuneReportCallback()], num_to_keep=1, metric=metric,
+        cfg,
+        f"train_{ray.tune.get_context().get_trial_id()}",
+        storage,
+        callbacks=[TuneReportCallback()],
+        num_to_keep=1,
+        metric=metric,
     )
     result = trainer.fit()
     if result.error:
@@ -70,8 +74,13 @@ def absolute_paths(cfg: Config) -> Config:
 
 
 def resolve_base(
-    base_cfg: Config, space: Space, cpus_per_trial: float, gpus_per_trial: float, workers_per_trial: int,
-    run_dir: Path, overrides: dict[str, Any] | list[str] | None = None,
+    base_cfg: Config,
+    space: Space,
+    cpus_per_trial: float,
+    gpus_per_trial: float,
+    workers_per_trial: int,
+    run_dir: Path,
+    overrides: dict[str, Any] | list[str] | None = None,
 ) -> Config:
     """Every trial's starting config: the user's config, the space's fixed overrides, then `overrides`
     (the command line's explicit flags win over the space file), then the trial's resources."""
@@ -93,7 +102,10 @@ def _trainable(spec: dict[str, Any]):
     workers = spec["workers_per_trial"]
     if workers > 1:
         fn = ray_tune.with_parameters(
-            multi_worker_trial, base=base, storage=str(Path(spec["run_dir"]) / "train_runs"), metric=spec["metric"]
+            multi_worker_trial,
+            base=base,
+            storage=str(Path(spec["run_dir"]) / "train_runs"),
+            metric=spec["metric"],
         )
         # The driver only waits on the Train run; the workers ask for their own CPUs (and GPUs).
         return ray_tune.with_resources(fn, {"cpu": 0.1})
@@ -112,10 +124,14 @@ def _scheduler(spec: dict[str, Any]):
     # Hardest negatives plateau until the warm-up (sum over negatives) ends: never judge a trial before.
     grace = int(asha.get("grace_period", base.loss.warmup_epochs + 1))
     if grace < base.loss.warmup_epochs + 1:
-        print(f"note: ASHA grace_period {grace} is shorter than loss.warmup_epochs + 1; "
-              "hardest-negative trials may be stopped before they improve")
+        print(
+            f"note: ASHA grace_period {grace} is shorter than loss.warmup_epochs + 1; "
+            "hardest-negative trials may be stopped before they improve"
+        )
     return ASHAScheduler(
-        time_attr="training_iteration", max_t=max_t, grace_period=max(1, min(grace, max_t)),
+        time_attr="training_iteration",
+        max_t=max_t,
+        grace_period=max(1, min(grace, max_t)),
         reduction_factor=float(asha.get("reduction_factor", 2)),
     )
 
@@ -168,7 +184,9 @@ def run_tune(
         run_dir = Path(resume).expanduser().resolve()
         spec_path = run_dir / SPEC_FILE
         if not spec_path.is_file():
-            raise ImtextError(f"nothing to resume: {run_dir} has no {SPEC_FILE} (not an `imtext tune` run folder)")
+            raise ImtextError(
+                f"nothing to resume: {run_dir} has no {SPEC_FILE} (not an `imtext tune` run folder)"
+            )
         spec = json.loads(spec_path.read_text())
         spec["run_dir"] = str(run_dir)  # the folder may have moved since
         space = space_from_dict(spec["space"], source=spec["space_source"])
@@ -189,9 +207,17 @@ def run_tune(
             base_cfg or Config(), space, cpus_per_trial, gpus_per_trial, workers_per_trial, run_dir, overrides
         )
         spec = {
-            "base": base.to_dict(), "space": space.to_dict(), "space_source": space.source or "<api>",
-            "trials": trials, "scheduler": scheduler, "search": search, "metric": metric, "run_dir": str(run_dir),
-            "concurrent": concurrent, "cpus_per_trial": cpus_per_trial, "gpus_per_trial": gpus_per_trial,
+            "base": base.to_dict(),
+            "space": space.to_dict(),
+            "space_source": space.source or "<api>",
+            "trials": trials,
+            "scheduler": scheduler,
+            "search": search,
+            "metric": metric,
+            "run_dir": str(run_dir),
+            "concurrent": concurrent,
+            "cpus_per_trial": cpus_per_trial,
+            "gpus_per_trial": gpus_per_trial,
             "workers_per_trial": workers_per_trial,
         }
         searcher = _searcher(spec, space)  # fail on optuna + grid before anything is written
@@ -210,8 +236,12 @@ def run_tune(
             trainable,
             param_space=param_space(space),
             tune_config=ray_tune.TuneConfig(
-                metric=metric, mode="max", num_samples=trials, max_concurrent_trials=concurrent,
-                scheduler=_scheduler(spec), search_alg=searcher,
+                metric=metric,
+                mode="max",
+                num_samples=trials,
+                max_concurrent_trials=concurrent,
+                scheduler=_scheduler(spec),
+                search_alg=searcher,
             ),
             run_config=ray_tune.RunConfig(
                 name=run_dir.name,
@@ -219,7 +249,9 @@ def run_tune(
                 checkpoint_config=ray_tune.CheckpointConfig(
                     num_to_keep=1, checkpoint_score_attribute=metric, checkpoint_score_order="max"
                 ),
-                failure_config=ray_tune.FailureConfig(max_failures=Config.from_dict(spec["base"]).train.max_failures),
+                failure_config=ray_tune.FailureConfig(
+                    max_failures=Config.from_dict(spec["base"]).train.max_failures
+                ),
                 verbose=verbose,
             ),
         )
@@ -233,7 +265,9 @@ def run_tune(
             raise
         raise ImtextError(f"the search was interrupted before any trial finished an epoch; {hint}") from None
     if left:
-        print(f"the search was interrupted with {left} trial(s) unfinished; the outputs cover what ran so far; {hint}")
+        print(
+            f"the search was interrupted with {left} trial(s) unfinished; the outputs cover what ran so far; {hint}"
+        )
     elif not grid.num_errors:
         prune_optimizer_state(run_dir)
     return grid
@@ -246,7 +280,10 @@ def prune_optimizer_state(run_dir: Path) -> int:
     Returns the number of files removed."""
     from imtext.train.loop import TRAIN_STATE_FILE
 
-    files = [*run_dir.glob(f"*/checkpoint_*/{TRAIN_STATE_FILE}"), *run_dir.glob(f"train_runs/*/checkpoint_*/{TRAIN_STATE_FILE}")]
+    files = [
+        *run_dir.glob(f"*/checkpoint_*/{TRAIN_STATE_FILE}"),
+        *run_dir.glob(f"train_runs/*/checkpoint_*/{TRAIN_STATE_FILE}"),
+    ]
     for f in files:
         f.unlink(missing_ok=True)
     return len(files)
@@ -276,10 +313,19 @@ def cmd_tune(args: argparse.Namespace) -> int:
         run_dir = Path(args.resume).resolve()
     else:
         grid = run_tune(
-            _load_config(args), space_path=args.space, trials=args.trials, scheduler=args.scheduler,
-            search=args.search, metric=args.metric, run_dir=args.run_dir, concurrent=args.concurrent,
-            cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
-            workers_per_trial=args.workers_per_trial, address=args.address, overrides=explicit_overrides(args),
+            _load_config(args),
+            space_path=args.space,
+            trials=args.trials,
+            scheduler=args.scheduler,
+            search=args.search,
+            metric=args.metric,
+            run_dir=args.run_dir,
+            concurrent=args.concurrent,
+            cpus_per_trial=args.cpus_per_trial,
+            gpus_per_trial=args.gpus_per_trial,
+            workers_per_trial=args.workers_per_trial,
+            address=args.address,
+            overrides=explicit_overrides(args),
         )
         run_dir = Path(args.run_dir).resolve()
     spec = json.loads((run_dir / SPEC_FILE).read_text())

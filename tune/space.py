@@ -76,7 +76,9 @@ class Space:
             else:
                 values = spec[kind]
                 if not (isinstance(values, list) and len(values) == 2 and all(_is_number(v) for v in values)):
-                    raise ImtextError(f"{where}: params.{key}.{kind} must be [low, high] numbers, got {values!r}")
+                    raise ImtextError(
+                        f"{where}: params.{key}.{kind} must be [low, high] numbers, got {values!r}"
+                    )
                 low, high = values
                 if low >= high:
                     raise ImtextError(f"{where}: params.{key}.{kind}: low must be below high, got {values!r}")
@@ -88,7 +90,9 @@ class Space:
                 _check_value(probe, key, v, f"{where}: params.{key}")
         unknown = set(self.asha) - {"grace_period", "reduction_factor"}
         if unknown:
-            raise ImtextError(f"{where}: asha accepts grace_period and reduction_factor, not {sorted(unknown)}")
+            raise ImtextError(
+                f"{where}: asha accepts grace_period and reduction_factor, not {sorted(unknown)}"
+            )
         return self
 
 
@@ -188,8 +192,14 @@ def _is_number(v: Any) -> bool:
 
 def _check_value(probe: Config, key: str, value: Any, where: str) -> None:
     if key == WEIGHTS_KEY:
-        if not (isinstance(value, list | tuple) and len(value) == 2 and all(_is_number(v) and v >= 0 for v in value)):
-            raise ImtextError(f"{where}: loss.weights values are [i2t_weight, t2i_weight] pairs >= 0, got {value!r}")
+        if not (
+            isinstance(value, list | tuple)
+            and len(value) == 2
+            and all(_is_number(v) and v >= 0 for v in value)
+        ):
+            raise ImtextError(
+                f"{where}: loss.weights values are [i2t_weight, t2i_weight] pairs >= 0, got {value!r}"
+            )
         if not any(value):
             raise ImtextError(f"{where}: loss.weights {value!r} switches both directions off")
     try:

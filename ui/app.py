@@ -51,8 +51,10 @@ CSS = """
 .imtext-captions .empty { color: var(--body-text-color-subdued); padding: 24px 4px; }
 """
 
-CAPTIONS_EMPTY = '<div class="imtext-captions"><p class="empty">Upload an image to see the sentences that ' \
-                 'describe it best.</p></div>'
+CAPTIONS_EMPTY = (
+    '<div class="imtext-captions"><p class="empty">Upload an image to see the sentences that '
+    "describe it best.</p></div>"
+)
 
 
 @dataclass
@@ -76,11 +78,14 @@ class _PageState:
 # -- formatting (pure functions: easy to test, nothing Gradio-specific) ------------------------------
 
 
-def footer_text(info: dict[str, Any] | None, info_error: str | None = None,
-                last: dict[str, Any] | None = None) -> str:
+def footer_text(
+    info: dict[str, Any] | None, info_error: str | None = None, last: dict[str, Any] | None = None
+) -> str:
     """One line on the model and index in use, plus the last query's latency."""
     if info is None:
-        head = f"⚠️ {md_escape(info_error)}" if info_error else "Model and index: unknown (API not reached yet)."
+        head = (
+            f"⚠️ {md_escape(info_error)}" if info_error else "Model and index: unknown (API not reached yet)."
+        )
     else:
         m, idx = info.get("model", {}), info.get("index", {})
         im, cap = idx.get("images", {}), idx.get("captions", {})
@@ -96,8 +101,10 @@ def footer_text(info: dict[str, Any] | None, info_error: str | None = None,
             f"{_count(cap)} captions ({v(cap, 'shards')} shards, {v(cap, 'factory')})"
         )
     if last is not None and "latency_ms" in last:
-        head += (f" &nbsp;|&nbsp; **Last query** {last['latency_ms']:.1f} ms in the API, "
-                 f"{last.get('roundtrip_ms', float('nan')):.1f} ms round trip")
+        head += (
+            f" &nbsp;|&nbsp; **Last query** {last['latency_ms']:.1f} ms in the API, "
+            f"{last.get('roundtrip_ms', float('nan')):.1f} ms round trip"
+        )
     return head
 
 
@@ -131,8 +138,9 @@ def md_escape(text: str) -> str:
     """Show API text literally in a Markdown component (a message or query with `*` or `_` in it).
     URLs are left alone: Markdown links them, and escapes inside a link would show as backslashes."""
     parts = re.split(r"(https?://[^\s<>()]+[^\s<>().,;:!?])", text)
-    return "".join(p if i % 2 else re.sub(r"([\\`*_{}\[\]()#+!|~<>&])", r"\\\1", p)
-                   for i, p in enumerate(parts))
+    return "".join(
+        p if i % 2 else re.sub(r"([\\`*_{}\[\]()#+!|~<>&])", r"\\\1", p) for i, p in enumerate(parts)
+    )
 
 
 def _placeholder(size: tuple[int, int] = (160, 120)) -> Image.Image:
@@ -171,8 +179,11 @@ def build_page(api_url: str, client: ApiClient | None = None) -> gr.Blocks:
             # an empty query goes to the API too: its message is the one rule for what a valid query is
             res = state.client.search_text(query, int(k))
             hits = res.get("results", [])
-            status = (f"{len(hits)} images for “{md_escape(query)}”." if hits
-                      else f"No images found for “{md_escape(query)}”.")
+            status = (
+                f"{len(hits)} images for “{md_escape(query)}”."
+                if hits
+                else f"No images found for “{md_escape(query)}”."
+            )
             return gallery_items(hits), status, footer_text(state.info, state.info_error, res)
         except Exception as e:  # never a traceback in the browser
             return [], fail(e), footer_text(state.info, state.info_error)
@@ -189,15 +200,19 @@ def build_page(api_url: str, client: ApiClient | None = None) -> gr.Blocks:
             res = state.client.search_image(path, int(k))
             caps, hits = res.get("captions", []), res.get("images", [])
             status = f"{len(caps)} captions and {len(hits)} similar images."
-            return captions_html(caps), gallery_items(hits), status, footer_text(state.info, state.info_error, res)
+            return (
+                captions_html(caps),
+                gallery_items(hits),
+                status,
+                footer_text(state.info, state.info_error, res),
+            )
         except Exception as e:
             return CAPTIONS_EMPTY, [], fail(e), footer_text(state.info, state.info_error)
 
     def on_load():
         state.refresh()
         samples = [[e] for e in state.examples]
-        return (gr.Dataset(samples=samples, visible=bool(samples)),
-                footer_text(state.info, state.info_error))
+        return (gr.Dataset(samples=samples, visible=bool(samples)), footer_text(state.info, state.info_error))
 
     with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=(1800, 3600)) as demo:
         with gr.Row(equal_height=True):
@@ -214,36 +229,63 @@ def build_page(api_url: str, client: ApiClient | None = None) -> gr.Blocks:
             with gr.Tab("Search by sentence", id="text", elem_id="tab-text"):
                 with gr.Row(elem_id="query-row"):
                     query = gr.Textbox(
-                        placeholder="e.g. a dog catching a frisbee on the beach", show_label=False,
-                        scale=6, autofocus=True, max_length=500, elem_id="query", container=False,
+                        placeholder="e.g. a dog catching a frisbee on the beach",
+                        show_label=False,
+                        scale=6,
+                        autofocus=True,
+                        max_length=500,
+                        elem_id="query",
+                        container=False,
                     )
                     go = gr.Button("Search", variant="primary", scale=1, min_width=110, elem_id="search-btn")
                 examples = gr.Dataset(
-                    components=[query], samples=[[e] for e in state.examples], label="Try an example",
-                    type="values", samples_per_page=6, visible=bool(state.examples), elem_id="examples",
+                    components=[query],
+                    samples=[[e] for e in state.examples],
+                    label="Try an example",
+                    type="values",
+                    samples_per_page=6,
+                    visible=bool(state.examples),
+                    elem_id="examples",
                 )
                 text_status = gr.Markdown(elem_classes=["imtext-status"], elem_id="text-status")
                 text_gallery = gr.Gallery(
-                    label="Images", show_label=False, columns=5, height=400, object_fit="cover",
-                    elem_id="text-gallery", buttons=["fullscreen"], interactive=False,
+                    label="Images",
+                    show_label=False,
+                    columns=5,
+                    height=400,
+                    object_fit="cover",
+                    elem_id="text-gallery",
+                    buttons=["fullscreen"],
+                    interactive=False,
                 )
 
             with gr.Tab("Search by image", id="image", elem_id="tab-image"):
                 with gr.Row():
                     with gr.Column(scale=2, min_width=300):
                         upload = gr.Image(
-                            type="filepath", image_mode=None, sources=["upload", "clipboard"], height=330,
-                            label="Your image", elem_id="upload",
+                            type="filepath",
+                            image_mode=None,
+                            sources=["upload", "clipboard"],
+                            height=330,
+                            label="Your image",
+                            elem_id="upload",
                         )
-                        describe = gr.Button("Describe & find similar", variant="primary", elem_id="image-btn")
+                        describe = gr.Button(
+                            "Describe & find similar", variant="primary", elem_id="image-btn"
+                        )
                         image_status = gr.Markdown(elem_classes=["imtext-status"], elem_id="image-status")
                     with gr.Column(scale=3, min_width=380):
                         gr.Markdown("**Sentences that describe it**", elem_classes=["imtext-subhead"])
                         captions = gr.HTML(CAPTIONS_EMPTY, elem_id="captions", max_height=250)
                         gr.Markdown("**Similar images**", elem_classes=["imtext-subhead"])
                         image_gallery = gr.Gallery(
-                            label="Similar images", show_label=False, columns=5, height=190,
-                            object_fit="cover", elem_id="image-gallery", buttons=["fullscreen"],
+                            label="Similar images",
+                            show_label=False,
+                            columns=5,
+                            height=190,
+                            object_fit="cover",
+                            elem_id="image-gallery",
+                            buttons=["fullscreen"],
                             interactive=False,
                         )
 
@@ -289,8 +331,9 @@ class RunningPage:
         self.close()
 
 
-def launch(api_url: str, host: str = "127.0.0.1", port: int = 7860, block: bool = True,
-           share: bool = False) -> RunningPage:
+def launch(
+    api_url: str, host: str = "127.0.0.1", port: int = 7860, block: bool = True, share: bool = False
+) -> RunningPage:
     """Start the page. With `block=False` it returns at once (tests, `imtext serve`) and serves until
     `close()`; with `block=True` it serves until Ctrl-C or `close()` from another thread, then cleans up."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -299,13 +342,23 @@ def launch(api_url: str, host: str = "127.0.0.1", port: int = 7860, block: bool 
     page = RunningPage(demo, f"http://{host}:{port}/")
     try:
         _app, local_url, _share_url = demo.launch(
-            server_name=host, server_port=port, share=share, prevent_thread_lock=True, quiet=True,
-            ssr_mode=False, show_error=False, footer_links=["gradio", "settings"], theme=theme(), css=CSS,
+            server_name=host,
+            server_port=port,
+            share=share,
+            prevent_thread_lock=True,
+            quiet=True,
+            ssr_mode=False,
+            show_error=False,
+            footer_links=["gradio", "settings"],
+            theme=theme(),
+            css=CSS,
         )
     except OSError as e:  # Gradio's "Cannot find empty port in range"
         page.close()
-        raise ImtextError(f"Cannot start the page on {host}:{port} ({e.strerror or 'port in use'}); "
-                          "pick another port with --port.") from e
+        raise ImtextError(
+            f"Cannot start the page on {host}:{port} ({e.strerror or 'port in use'}); "
+            "pick another port with --port."
+        ) from e
     except BaseException:
         page.close()
         raise
@@ -323,8 +376,11 @@ def launch(api_url: str, host: str = "127.0.0.1", port: int = 7860, block: bool 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m ui.app", description="The imtext search page (Gradio).")
-    ap.add_argument("--api", default=os.environ.get("IMTEXT_API", "http://127.0.0.1:8000"),
-                    help="base URL of the imtext HTTP API (default: $IMTEXT_API or http://127.0.0.1:8000)")
+    ap.add_argument(
+        "--api",
+        default=os.environ.get("IMTEXT_API", "http://127.0.0.1:8000"),
+        help="base URL of the imtext HTTP API (default: $IMTEXT_API or http://127.0.0.1:8000)",
+    )
     ap.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1)")
     ap.add_argument("--port", type=int, default=7860)
     ap.add_argument("--share", action="store_true", help="ask Gradio for a public share link")

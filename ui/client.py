@@ -38,11 +38,17 @@ class ApiClient:
     """Thread-safe client (Gradio runs handlers in a thread pool); images are cached in a small LRU because
     the same top results come back query after query."""
 
-    def __init__(self, base_url: str, timeout: httpx.Timeout | float = DEFAULT_TIMEOUT, cache_size: int = 256,
-                 transport: httpx.BaseTransport | None = None):
+    def __init__(
+        self,
+        base_url: str,
+        timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
+        cache_size: int = 256,
+        transport: httpx.BaseTransport | None = None,
+    ):
         self.base_url = base_url.rstrip("/")
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, follow_redirects=True,
-                                  transport=transport)
+        self._http = httpx.Client(
+            base_url=self.base_url, timeout=timeout, follow_redirects=True, transport=transport
+        )
         self._cache: OrderedDict[int, Image.Image] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
@@ -71,7 +77,9 @@ class ApiClient:
             try:
                 data = path.read_bytes()
             except OSError as e:
-                raise ApiError(f"Cannot read the uploaded file {path.name}: {e.strerror}.", "bad_upload") from e
+                raise ApiError(
+                    f"Cannot read the uploaded file {path.name}: {e.strerror}.", "bad_upload"
+                ) from e
             filename = filename or path.name
         else:
             data = image
@@ -92,7 +100,9 @@ class ApiClient:
             img = Image.open(io.BytesIO(resp.content))
             img.load()
         except (UnidentifiedImageError, OSError) as e:
-            raise ApiError(f"The API sent image {image_id} in a form that cannot be decoded.", "bad_image") from e
+            raise ApiError(
+                f"The API sent image {image_id} in a form that cannot be decoded.", "bad_image"
+            ) from e
         with self._lock:
             self._cache[image_id] = img
             while len(self._cache) > self._cache_size:
@@ -121,17 +131,24 @@ class ApiClient:
         try:
             body = resp.json()
         except ValueError as e:
-            raise ApiError(f"The API at {self.base_url} answered {path} with something that is not JSON.",
-                           "bad_reply", resp.status_code) from e
+            raise ApiError(
+                f"The API at {self.base_url} answered {path} with something that is not JSON.",
+                "bad_reply",
+                resp.status_code,
+            ) from e
         if not isinstance(body, dict):
-            raise ApiError(f"The API answered {path} with an unexpected reply.", "bad_reply", resp.status_code)
+            raise ApiError(
+                f"The API answered {path} with an unexpected reply.", "bad_reply", resp.status_code
+            )
         return body
 
     def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
         try:
             resp = self._http.request(method, path, **kw)
         except httpx.TimeoutException as e:
-            raise ApiError(f"The search API at {self.base_url} did not answer in time; try again.", "timeout") from e
+            raise ApiError(
+                f"The search API at {self.base_url} did not answer in time; try again.", "timeout"
+            ) from e
         except httpx.TransportError as e:
             raise ApiError(
                 f"Cannot reach the search API at {self.base_url}; is it running? (start it with: imtext serve)",

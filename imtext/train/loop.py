@@ -111,7 +111,9 @@ def make_loader(setup: Setup, rank: int, world_size: int, device: torch.device) 
     dataset = PairDataset(setup.train, setup.model.featurizer, transform=transform, features=setup.features)
     local_batch = max(2, cfg.train.batch_size // world_size)
     if world_size > 1:
-        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=cfg.train.seed)
+        sampler = DistributedSampler(
+            dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=cfg.train.seed
+        )
     else:
         sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(cfg.train.seed))
     return DataLoader(
@@ -148,7 +150,9 @@ def train_epoch(
         ids = batch["ids"].to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             img, txt = model(images, ids, batch["lengths"])
-        loss = batch_loss(loss_fn, img.float(), txt.float(), batch["image_index"].to(device), cfg.train.gather_negatives)
+        loss = batch_loss(
+            loss_fn, img.float(), txt.float(), batch["image_index"].to(device), cfg.train.gather_negatives
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.train.grad_clip > 0:
@@ -213,11 +217,22 @@ class Run:
             if isinstance(self.loader.sampler, DistributedSampler):
                 self.loader.sampler.set_epoch(epoch)
             stats = train_epoch(
-                wrapped or self.model, self.loader, loss_for_epoch(self.cfg, epoch), self.opt, self.sched,
-                self.cfg, self.device, max_steps,
+                wrapped or self.model,
+                self.loader,
+                loss_for_epoch(self.cfg, epoch),
+                self.opt,
+                self.sched,
+                self.cfg,
+                self.device,
+                max_steps,
             )
             # start_epoch shows where this attempt began: after a restore it is the checkpoint's epoch + 1
-            metrics = {"epoch": epoch, "start_epoch": self.start_epoch, "lr": self.sched.get_last_lr()[0], **stats}
+            metrics = {
+                "epoch": epoch,
+                "start_epoch": self.start_epoch,
+                "lr": self.sched.get_last_lr()[0],
+                **stats,
+            }
             if self.rank == 0:
                 metrics.update(evaluate(self.model, self.setup.val, self.setup.features, device=self.device))
             yield metrics
@@ -293,7 +308,9 @@ def train_local(
         if run.cfg.train.out and metrics is best_metrics(history):
             run.model.save(run.cfg.train.out)
     if run.cfg.train.out and history:
-        write_json(Path(run.cfg.train.out) / "metrics.json", {"best": best_metrics(history), "history": history})
+        write_json(
+            Path(run.cfg.train.out) / "metrics.json", {"best": best_metrics(history), "history": history}
+        )
     return run.model, history
 
 

@@ -34,14 +34,18 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     else:
         # Declaring a few more logical CPUs than cores keeps Train's controller and workers from waiting
         # on each other on a 2-core machine (see the field notes).
-        ray.init(address="local", num_cpus=num_cpus or max(4, (os.cpu_count() or 1) * 2), include_dashboard=False)
+        ray.init(
+            address="local", num_cpus=num_cpus or max(4, (os.cpu_count() or 1) * 2), include_dashboard=False
+        )
 
 
 def fit(cfg: Config, resume: bool = False, address: str | None = None, callbacks: list | None = None):
     """Run training under TorchTrainer and write the best checkpoint to `train.out`. Returns the Result."""
     cfg.validate()
     if cfg.train.workers < 1:
-        raise ImtextError("Ray Train needs train.workers >= 1 (use --workers 0 for the plain in-process loop)")
+        raise ImtextError(
+            "Ray Train needs train.workers >= 1 (use --workers 0 for the plain in-process loop)"
+        )
     storage, name = run_paths(cfg)
     run_dir = Path(storage) / name
     if run_dir.exists() and not resume:
