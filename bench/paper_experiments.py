@@ -24,7 +24,7 @@ import sys
 import time
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import pandas as pd
@@ -34,14 +34,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # `tune` when run from a checkout without the editable install
 
 from imtext.atomic import write_text  # noqa: E402
-from imtext.config import Config  # noqa: E402
+from imtext.config import Config, Negatives, TextModel  # noqa: E402
 from tune.results import fmt, print_wide  # noqa: E402
 from tune.space import load_space  # noqa: E402
 
 GRID = ROOT / "tune" / "spaces" / "paper_grid.yaml"
 COCO_MINI = ROOT.parent / "shared" / "data" / "coco-mini"
-TEXT_MODELS = ["bow", "bigram", "trigram", "skipgram", "gru"]
-NEGATIVES = ["all", "hardest", "semi-hard"]
+TEXT_MODELS = list(get_args(TextModel))
+NEGATIVES = [n for n in get_args(Negatives) if n != "top-k"]  # the paper's three (top-k came later)
 WEIGHTS = {"1/1": [1.0, 1.0], "1/0.25": [1.0, 0.25], "0.25/1": [0.25, 1.0]}
 
 

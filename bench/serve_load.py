@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         base = in_process(model_dir, index_dir, queries, n)
         print(f"in-process: p50 {np.percentile(base.lat_ms, 50):.2f} ms", flush=True)
 
-        from imtext.train.ray_train import ensure_ray
+        from imtext.ray_setup import ensure_ray
         from serve.launch import start
 
         ensure_ray()

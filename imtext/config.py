@@ -10,15 +10,27 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import yaml
 
 from imtext.atomic import write_text
 from imtext.errors import ImtextError
 
-TEXT_MODELS = ("bow", "bigram", "trigram", "skipgram", "gru")
-NEGATIVES = ("all", "hardest", "semi-hard", "top-k")
+# Every key that takes a fixed set of values is typed with one of these: `from_dict` refuses anything else
+# with a message that lists them, and the CLI's `choices` come from them (typing.get_args).
+TextModel = Literal["bow", "bigram", "trigram", "skipgram", "gru"]
+Weighting = Literal["counts", "tfidf"]
+Backbone = Literal[
+    "smallcnn", "resnet18", "resnet50", "resnet152", "vgg16", "vgg19", "efficientnet_lite0", "none"
+]
+Negatives = Literal["all", "hardest", "semi-hard", "top-k"]
+LrSchedule = Literal["cosine", "constant"]
+SelectionMetric = Literal["rsum", "i2t_rsum", "t2i_rsum"]  # validation metrics a run or a search selects by
+# Choices of commands rather than of the config, kept here so that each is declared once.
+EvalProtocol = Literal["all", "coco1k", "coco5k"]  # imtext eval: every image of the split, COCO 1K or 5K
+TuneScheduler = Literal["asha", "none"]
+TuneSearch = Literal["random", "optuna"]
 
 
 @dataclass
@@ -38,8 +50,8 @@ class DataConfig:
 class TextConfig:
     """The text branch: one of the paper's models (+ MLP)."""
 
-    model: str = "gru"  # bow | bigram | trigram | skipgram | gru
-    weighting: str = "tfidf"  # bag models: counts | tfidf
+    model: TextModel = "gru"
+    weighting: Weighting = "tfidf"  # bag models
     min_count: int = 1  # words seen fewer times in the training split map to <unk>
     hash_buckets: int = 1 << 16  # n-gram buckets (2^18 for COCO on a GPU: 4x the memory)
     word_dim: int = 128
@@ -52,7 +64,7 @@ class TextConfig:
 class ImageConfig:
     """The image branch: a CNN backbone (+ MLP)."""
 
-    backbone: str = "smallcnn"  # smallcnn | resnet18/50/152 | vgg16/19 | efficientnet_lite0 | none
+    backbone: Backbone = "smallcnn"  # none: precomputed features only
     weights: str = "default"  # default (the backbone's pretrained weights) | none | /path/to/file.safetensors
     finetune: bool = True  # False: frozen backbone (precomputed features when data.features is set)
     image_size: int = 0  # 0 = the backbone's own size: 64 px for smallcnn, 224 for ImageNet backbones
@@ -75,9 +87,9 @@ class LossConfig:
     """Bidirectional hinge ranking loss; `negatives` is searched by name in Tune."""
 
     margin: float = 0.2
-    # top-k (mean of the k hardest) learns faster than the single hardest on small budgets: on the synthetic
-    # world, 5 epochs gave test rsum 245 with top-k (k=5) against 187 with hardest (docs/BENCHMARKS.md)
-    negatives: str = "top-k"  # all | hardest | semi-hard | top-k
+    # top-k (mean of the k hardest) learns faster than the single hardest on small budgets
+    # (docs/BENCHMARKS.md, "negatives")
+    negatives: Negatives = "top-k"
     topk: int = 5  # k for top-k
     i2t_weight: float = 1.0  # image annotation direction (image -> its captions)
     t2i_weight: float = 1.0  # image search direction (caption -> its image)
@@ -92,13 +104,13 @@ class TrainConfig:
 
     epochs: int = 12
     batch_size: int = (
-        64  # on CPU budgets more steps beat bigger batches (synthetic world: rsum 282 vs 245 at 128)
+        64  # on CPU budgets more steps beat bigger batches (docs/BENCHMARKS.md); raise it on GPUs
     )
     lr: float = 2e-3
     backbone_lr_scale: float = 0.1  # pretrained CNNs fine-tune ~10x slower than the heads
     weight_decay: float = 1e-4
     grad_clip: float = 2.0
-    lr_schedule: str = "cosine"  # cosine | constant
+    lr_schedule: LrSchedule = "cosine"  # after a linear warm-up of at most one epoch
     seed: int = 0
     workers: int = 1  # Ray Train workers; 0 = plain in-process loop without Ray
     use_gpu: bool = False
@@ -168,11 +180,28 @@ class Config:
             raw[section][key] = value
         return Config.from_dict(raw)
 
+    def with_absolute_paths(self) -> Config:
+        """A copy whose data, features and weights paths are absolute (URIs are kept): Ray Train workers and
+        Tune trials run in other processes and other working folders than the command that started them."""
+        cfg = Config.from_dict(self.to_dict())
+        kind, sep, rest = cfg.data.spec.partition(":")
+        if sep and rest:
+            parts = [p if "://" in p else str(Path(p).expanduser().resolve()) for p in rest.split(",")]
+            cfg.data.spec = f"{kind}:{','.join(parts)}"
+        if cfg.data.features and "://" not in cfg.data.features:
+            cfg.data.features = str(Path(cfg.data.features).expanduser().resolve())
+        if cfg.image.weights not in ("default", "none", "") and "://" not in cfg.image.weights:
+            cfg.image.weights = str(Path(cfg.image.weights).expanduser().resolve())
+        return cfg
+
     def validate(self) -> Config:
-        if self.text.model not in TEXT_MODELS:
-            raise ImtextError(f"text.model={self.text.model!r}; choose one of {', '.join(TEXT_MODELS)}")
-        if self.loss.negatives not in NEGATIVES:
-            raise ImtextError(f"loss.negatives={self.loss.negatives!r}; choose one of {', '.join(NEGATIVES)}")
+        """Check the values a type cannot express; a fixed-choice key is checked wherever it was set
+        (also when a field is assigned directly instead of through YAML or `override`)."""
+        for section in dataclasses.fields(self):
+            part = getattr(self, section.name)
+            hints = typing.get_type_hints(type(part))
+            for f in dataclasses.fields(part):
+                _check_choice(hints[f.name], getattr(part, f.name), f"{section.name}.{f.name}")
         if self.loss.margin < 0:
             raise ImtextError("loss.margin must be >= 0")
         if self.train.batch_size < 2:
@@ -216,7 +245,16 @@ def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
     return cls(**kwargs)
 
 
+def _check_choice(hint: Any, value: Any, path: str) -> Any:
+    if typing.get_origin(hint) is Literal and value not in get_args(hint):
+        choices = ", ".join(map(str, get_args(hint)))
+        raise ImtextError(f"{path}={value!r} is not one of the choices: {choices}")
+    return value
+
+
 def _coerce(hint: Any, value: Any, path: str) -> Any:
+    if typing.get_origin(hint) is Literal:
+        return _check_choice(hint, value, path)
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         return value
     if hint is bool:

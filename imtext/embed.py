@@ -65,7 +65,7 @@ def embed_rows(model: Any, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray
     """
     ids = np.asarray(batch["id"], dtype=np.int64)
     kinds = [str(k) for k in batch["kind"]]
-    dim = int(model.config.model.embed_dim)
+    dim = model.embed_dim
     vectors = np.zeros((len(ids), dim), dtype=np.float32)
     errors = [""] * len(ids)
 
@@ -201,9 +201,7 @@ def _run_ray(
     import ray.data
 
     if not ray.is_initialized():
-        raise ImtextError(
-            "Ray is not running in this process: call imtext.train.ray_train.ensure_ray() first"
-        )
+        raise ImtextError("Ray is not running in this process: call imtext.ray_setup.ensure_ray() first")
     gpus = int(ray.cluster_resources().get("GPU", 0))
     actors = max(1, min(actors, gpus) if gpus else actors)
     per_actor = {"num_gpus": 1, "num_cpus": 1} if gpus else {"num_cpus": 1}

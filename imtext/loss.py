@@ -13,12 +13,15 @@ number of workers when embeddings are all-gathered). Total = w_i2t * i2t + w_t2i
 
 from __future__ import annotations
 
+from typing import get_args
+
 import torch
 from torch import nn
 
+from imtext.config import Negatives
 from imtext.errors import ImtextError
 
-NEGATIVE_STRATEGIES = ("all", "hardest", "semi-hard", "top-k")
+NEGATIVE_STRATEGIES = get_args(Negatives)
 
 
 def _anchor_costs(sim: torch.Tensor, neg: torch.Tensor, margin: float, strategy: str, k: int) -> torch.Tensor:

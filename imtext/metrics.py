@@ -143,29 +143,5 @@ def coco_5k(img_emb: Any, txt_emb: Any, txt_to_img: Any, size: int = 5000) -> di
     return retrieval(*_subset(img, txt, owner, 0, size))
 
 
-_ROWS = (("image -> text", "i2t"), ("text -> image", "t2i"))
-_COLS = (("R@1", "r1"), ("R@5", "r5"), ("R@10", "r10"), ("medr", "medr"), ("meanr", "meanr"))
-
-
-def format_table(metrics: dict[str, float], title: str = "") -> str:
-    """A small plain-text table: R@1 R@5 R@10 medr meanr per direction, then rsum."""
-    lines = [title] if title else []
-    lines.append(f"{'':<14}" + "".join(f"{name:>8}" for name, _ in _COLS))
-    for label, prefix in _ROWS:
-        lines.append(f"{label:<14}" + "".join(f"{metrics[f'{prefix}_{key}']:>8.1f}" for _, key in _COLS))
-    lines.append(f"{'rsum':<14}{metrics['rsum']:>8.1f}")
-    return "\n".join(lines)
-
-
-def rich_table(metrics: dict[str, float], title: str = ""):
-    """The same table as a `rich.table.Table` (for the CLI's console)."""
-    from rich.table import Table
-
-    table = Table(title=title or None)
-    table.add_column("direction")
-    for name, _ in _COLS:
-        table.add_column(name, justify="right")
-    for label, prefix in _ROWS:
-        table.add_row(label, *(f"{metrics[f'{prefix}_{key}']:.1f}" for _, key in _COLS))
-    table.add_row("rsum", f"{metrics['rsum']:.1f}", *([""] * (len(_COLS) - 1)))
-    return table
+# `imtext eval --protocol NAME` (the names are imtext.config.EvalProtocol)
+PROTOCOLS = {"all": retrieval, "coco1k": coco_1k, "coco5k": coco_5k}

@@ -4,6 +4,7 @@ metrics.json) is self-contained: loading it needs no download and never unpickle
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from collections.abc import Sequence
@@ -17,13 +18,14 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from imtext.atomic import atomic_dir
-from imtext.config import Config
+from imtext.config import Config, ImageConfig, ModelConfig, TextConfig
 from imtext.errors import ImtextError
 from imtext.image import build_backbone, image_transform
 from imtext.text import TextFeaturizer, Vocab, build_text_encoder, collate_texts
 
 WEIGHTS_FILE = "weights.safetensors"
-MODEL_FILES = ("config.yaml", WEIGHTS_FILE, "vocab.json")
+CONFIG_FILE = "config.yaml"
+MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE, "vocab.json")
 
 
 class MLPHead(nn.Module):
@@ -52,34 +54,66 @@ class TwoBranch(nn.Module):
     backbone; `encode_texts` takes `(ids, lengths)` from `collate_texts`. Both return (B, D) L2-normalised.
     """
 
-    def __init__(self, config: Config, vocab: Vocab, feature_dim: int | None = None, pretrained: bool = True):
+    def __init__(
+        self,
+        text: TextConfig,
+        image: ImageConfig,
+        heads: ModelConfig,
+        vocab: Vocab,
+        feature_dim: int | None = None,
+        pretrained: bool = True,
+        frozen_backbone: bool | None = None,
+    ):
+        """Build from the model's own parts of a config. `frozen_backbone` (default: not image.finetune)
+        is decided once, here: a frozen backbone gets no gradients and stays in eval mode."""
         super().__init__()
-        self.config = config
+        self.text_config, self.image_config, self.head_config = text, image, heads
         self.vocab = vocab
-        t, i, m = config.text, config.image, config.model
-        self.featurizer = TextFeaturizer(t.model, vocab, hash_buckets=t.hash_buckets, max_len=t.max_len)
-        self.text_encoder = build_text_encoder(t, self.featurizer)
-        self.text_head = MLPHead(self.text_encoder.out_dim, m.embed_dim, m.mlp_hidden, m.dropout)
-        weights = i.weights if pretrained else "none"
-        if i.backbone == "none":
+        self.frozen_backbone = (not image.finetune) if frozen_backbone is None else bool(frozen_backbone)
+        self.featurizer = TextFeaturizer(
+            text.model, vocab, hash_buckets=text.hash_buckets, max_len=text.max_len
+        )
+        self.text_encoder = build_text_encoder(text, self.featurizer)
+        self.text_head = MLPHead(self.text_encoder.out_dim, heads.embed_dim, heads.mlp_hidden, heads.dropout)
+        weights = image.weights if pretrained else "none"
+        if image.backbone == "none":
             if not feature_dim:
                 raise ImtextError("image.backbone=none needs precomputed features (data.features)")
             self.backbone = build_backbone("none", feature_dim=feature_dim)
         else:
-            self.backbone = build_backbone(i.backbone, weights=weights, image_size=i.size())
-        if not i.finetune:
+            self.backbone = build_backbone(image.backbone, weights=weights, image_size=image.size())
+        if self.frozen_backbone:
             self.backbone.requires_grad_(False)
-        self.image_head = MLPHead(self.backbone.out_dim, m.embed_dim, m.mlp_hidden, m.dropout)
+        self.image_head = MLPHead(self.backbone.out_dim, heads.embed_dim, heads.mlp_hidden, heads.dropout)
         self._fingerprint = ""
+        # The run config this model came from (from_config, load): only the record save() writes beside
+        # the weights when given no other; nothing reads it for behaviour.
+        self.source_config: Config | None = None
+
+    @classmethod
+    def from_config(cls, config: Config, vocab: Vocab, **kwargs: Any) -> TwoBranch:
+        """The model of a run config (its text, image and model sections)."""
+        model = cls(config.text, config.image, config.model, vocab, **kwargs)
+        model.source_config = config
+        return model
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.head_config.embed_dim)
+
+    @property
+    def can_embed_images(self) -> bool:
+        """False for a model trained on precomputed features without a backbone (image.backbone=none)."""
+        return self.image_config.backbone != "none"
 
     # ---- the two encoders ----------------------------------------------------------------------
     def encode_images(self, batch: torch.Tensor) -> torch.Tensor:
         if batch.dim() == 4:
-            if self.config.image.finetune:
-                feats = self.backbone(batch)
-            else:
+            if self.frozen_backbone:
                 with torch.no_grad():
                     feats = self.backbone(batch)
+            else:
+                feats = self.backbone(batch)
         elif batch.dim() == 2:
             feats = batch  # precomputed backbone features
         else:
@@ -99,7 +133,7 @@ class TwoBranch(nn.Module):
     def train(self, mode: bool = True) -> TwoBranch:
         """A frozen backbone stays in eval mode, so its BatchNorm statistics never drift."""
         super().train(mode)
-        if not self.config.image.finetune:
+        if self.frozen_backbone:
             self.backbone.eval()
         return self
 
@@ -130,7 +164,7 @@ class TwoBranch(nn.Module):
         return collate_texts([self.featurizer(c) for c in captions])
 
     def image_preprocess(self, train: bool = False):
-        return image_transform(self.config.image.backbone, self.config.image.size(), train=train)
+        return image_transform(self.image_config.backbone, self.image_config.size(), train=train)
 
     @torch.inference_mode()
     def embed_texts(self, captions: Sequence[str], batch_size: int = 512) -> np.ndarray:
@@ -140,12 +174,12 @@ class TwoBranch(nn.Module):
         for start in range(0, len(captions), batch_size):
             ids, lengths = self.tokenize(captions[start : start + batch_size])
             out.append(self.encode_texts((ids.to(self.device), lengths)).float().cpu())
-        return torch.cat(out).numpy() if out else np.zeros((0, self.config.model.embed_dim), np.float32)
+        return torch.cat(out).numpy() if out else np.zeros((0, self.embed_dim), np.float32)
 
     @torch.inference_mode()
     def embed_images(self, images: Sequence[Any], batch_size: int = 64) -> np.ndarray:
         """PIL images -> (N, D) float32, normalised, through the backbone."""
-        if self.config.image.backbone == "none":
+        if not self.can_embed_images:
             raise ImtextError(
                 "this model was trained on features without a backbone; it cannot embed raw images"
             )
@@ -155,19 +189,38 @@ class TwoBranch(nn.Module):
         for start in range(0, len(images), batch_size):
             pixels = torch.stack([transform(im.convert("RGB")) for im in images[start : start + batch_size]])
             out.append(self.encode_images(pixels.to(self.device)).float().cpu())
-        return torch.cat(out).numpy() if out else np.zeros((0, self.config.model.embed_dim), np.float32)
+        return torch.cat(out).numpy() if out else np.zeros((0, self.embed_dim), np.float32)
 
     # ---- the model directory ---------------------------------------------------------------------
-    def save(self, directory: str | Path, metrics: dict[str, Any] | None = None) -> Path:
-        """Write the model directory atomically (a crash leaves the previous one intact)."""
+    def save(
+        self, directory: str | Path, config: Config | None = None, metrics: dict[str, Any] | None = None
+    ) -> Path:
+        """Write the model directory atomically (a crash leaves the previous one intact).
+
+        config.yaml is the run config (`config`, default: the one the model came from) with its text, image
+        and model sections taken from this model, so it rebuilds exactly this model and records whether the
+        backbone was frozen (image.finetune)."""
         directory = Path(directory)
+        record = self.run_config(config)
         state = {k: v.detach().cpu().contiguous().clone() for k, v in self.state_dict().items()}
         with atomic_dir(directory) as tmp:
-            self.config.save(tmp / "config.yaml")
+            record.save(tmp / CONFIG_FILE)
             self.vocab.save(tmp / "vocab.json")
             save_file(state, str(tmp / WEIGHTS_FILE), metadata={"feature_dim": str(self._feature_dim())})
             (tmp / "metrics.json").write_text(json.dumps(metrics or {}, indent=2, sort_keys=True) + "\n")
         return directory
+
+    def run_config(self, config: Config | None = None) -> Config:
+        """`config` (default: the one the model came from, else the defaults) with this model's own sections,
+        as written to config.yaml."""
+        base = copy.deepcopy(config or self.source_config or Config())
+        base.text, base.image, base.model = (
+            copy.deepcopy(self.text_config),
+            copy.deepcopy(self.image_config),
+            copy.deepcopy(self.head_config),
+        )
+        base.image.finetune = not self.frozen_backbone
+        return base
 
     def _feature_dim(self) -> int:
         return int(self.backbone.out_dim)
@@ -181,7 +234,7 @@ class TwoBranch(nn.Module):
                 f"{directory} is not a model directory (missing {', '.join(missing)}); "
                 "train one with `imtext train` or point --model at its output folder"
             )
-        config = Config.load(directory / "config.yaml")
+        config = Config.load(directory / CONFIG_FILE)
         vocab = Vocab.load(directory / "vocab.json")
         try:
             from safetensors import safe_open
@@ -194,7 +247,7 @@ class TwoBranch(nn.Module):
                 f"cannot read {directory / WEIGHTS_FILE}: {e}; retrain or re-copy the model"
             ) from None
         feature_dim = int(meta.get("feature_dim", 0)) or None
-        model = cls(config, vocab, feature_dim=feature_dim, pretrained=False)
+        model = cls.from_config(config, vocab, feature_dim=feature_dim, pretrained=False)
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as e:
@@ -202,6 +255,11 @@ class TwoBranch(nn.Module):
                 f"{directory}: weights do not fit config.yaml ({str(e).splitlines()[0]})"
             ) from None
         return model.to(device).eval()
+
+
+def read_config(directory: str | Path) -> Config:
+    """The run config a model directory was trained with (config.yaml)."""
+    return Config.load(Path(directory) / CONFIG_FILE)
 
 
 def read_metrics(directory: str | Path) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Start the Serve app (and the page beside it): `imtext serve`, or `start(...)` from Python.
+"""Start the Serve app from Python: `start(...)` (what `imtext serve`, the demo and the tests use).
 
 `start` is non-blocking and returns a handle whose `stop()` removes what it started (the Serve app, Serve
 itself, and Ray when it started Ray), so the demo and the tests can run the real app and clean up after.
@@ -6,7 +6,6 @@ itself, and Ray when it started Ray), so the demo and the tests can run the real
 
 from __future__ import annotations
 
-import argparse
 import socket
 import time
 from dataclasses import dataclass, field
@@ -122,7 +121,7 @@ def start(
     import ray
     from ray import serve
 
-    from imtext.train.ray_train import ensure_ray
+    from imtext.ray_setup import ensure_ray
     from serve.app import build_app
 
     model, index = check_dirs(model_dir, index_dir)
@@ -146,90 +145,3 @@ def start(
         info.stop()
         raise
     return info
-
-
-def _stop_on_signals() -> None:
-    """Ctrl-C and SIGTERM (a process manager, `kill`) both end in the same clean stop. Set explicitly:
-    a shell starts a background job with SIGINT ignored, and Ray replaces the SIGTERM handler."""
-    import signal
-    import threading
-
-    def interrupt(_signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt
-
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, interrupt)
-
-
-def run_until_interrupted(
-    model_dir: str | Path,
-    index_dir: str | Path,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    ui_port: int = 7860,
-    no_ui: bool = False,
-    address: str | None = None,
-    exit_after_ready: bool = False,
-    started: float | None = None,
-) -> int:
-    """The API (and the page unless `no_ui`) until Ctrl-C, then everything stops (`imtext serve`, the demo).
-
-    `exit_after_ready` stops as soon as both answer (a smoke check); `started` (a perf_counter value) makes
-    the ready line say how long the whole run took to get there.
-    """
-    import os
-
-    from imtext.report import console
-
-    token = os.environ.get("IMTEXT_ADMIN_TOKEN")
-    console.print("starting Ray Serve (the first start takes a while) ...")
-    _stop_on_signals()
-    try:
-        running = start(model_dir, index_dir, host=host, port=port, address=address, admin_token=token)
-    except KeyboardInterrupt:  # start() has already stopped what it started
-        return 130
-    _stop_on_signals()  # again: ray.init installed its own SIGTERM handler
-    page = None
-    try:
-        console.print(f"API      {running.url}   (OpenAPI docs: {running.docs_url})")
-        console.print(
-            "admin    POST /admin/reload "
-            + (
-                "(Authorization: Bearer $IMTEXT_ADMIN_TOKEN)"
-                if token
-                else "off (set IMTEXT_ADMIN_TOKEN to enable index swaps)"
-            )
-        )
-        if not no_ui:
-            from ui.app import launch
-
-            page = launch(running.url, host=host, port=ui_port, block=False)
-            console.print(f"page     {page.url}")
-        if started is not None:
-            console.print(f"ready after {time.perf_counter() - started:.0f} s")
-        if exit_after_ready:
-            return 0
-        console.print("Ctrl-C stops everything.")
-        while True:
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        console.print("stopping ...")
-        if page is not None:
-            page.close()
-        running.stop()
-
-
-def cmd_serve(args: argparse.Namespace) -> int:
-    """`imtext serve --model DIR --index DIR [--host] [--port] [--ui-port] [--no-ui] [--address]`."""
-    return run_until_interrupted(
-        args.model,
-        args.index,
-        host=args.host,
-        port=args.port,
-        ui_port=args.ui_port,
-        no_ui=args.no_ui,
-        address=args.address,
-    )

@@ -279,7 +279,7 @@ def test_add_appends_new_items_and_search_finds_them(cli_built, tiny_model, synt
     assert info["counts"] == {"images": 120, "captions": 600} and info["splits"] == ["val", "test"]
     assert info["additions"][0]["splits"] == ["test"]
     col = Collection.load(index, model_fingerprint=model.fingerprint)  # checksums verified again
-    for table, n in ((col._images, 120), (col._captions, 600)):
+    for table, n in ((col.meta.images.table, 120), (col.meta.captions.table, 600)):
         ids = table.column("id").to_pylist()
         assert ids == list(range(n)) and len(set(ids)) == n
     assert sorted(p.name for p in (index / "embeddings").iterdir()) == [
@@ -321,18 +321,68 @@ def test_add_appends_new_items_and_search_finds_them(cli_built, tiny_model, synt
     assert json.loads((index / "collection.json").read_text())["counts"] == {"images": 120, "captions": 600}
 
 
+def test_cli_remove_drops_images_captions_and_vectors(
+    cli_built, tiny_model, synth_world, model, tmp_path, capsys
+):
+    index = _copy(cli_built, tmp_path / "index")
+    before = Collection.load(index)
+    rows = before.image_rows([0, 45])  # one image in each shard
+    gone_keys = [r["image_id"] for r in rows]
+    query = model.embed_texts([before.caption_rows([1])[0]["caption"]])
+    _, top_before = before.images.search(query, 12)
+
+    argv = ["index", "remove", "--index", str(index), "--image-id", gone_keys[0], "--image-id", gone_keys[1]]
+    assert main(argv) == 0
+    col = Collection.load(index, model_fingerprint=model.fingerprint)  # checksums verified again
+    assert (
+        col.info["counts"]
+        == {"images": 58, "captions": 290}
+        == {"images": col.images.ntotal, "captions": col.captions.ntotal}
+    )
+    assert col.info["removals"][0]["image_ids"] == gone_keys
+    assert not set(gone_keys) & set(col.meta.images.table.column("image_id").to_pylist())
+    assert not set(gone_keys) & set(col.meta.captions.table.column("image_id").to_pylist())
+    assert len(read_embeddings(index / "embeddings", "image").ids) == 58
+    assert len(read_embeddings(index / "embeddings", "caption").ids) == 290
+    # exact search: the same ranking as before, without the removed images
+    _, top_after = col.images.search(query, 10)
+    assert top_after[0].tolist() == [i for i in top_before[0].tolist() if i not in (0, 45)][:10]
+    # the copy we started from is untouched (hard links are never written through)
+    assert Collection.load(cli_built).images.ntotal == 60
+    assert len(read_embeddings(cli_built / "embeddings", "image").ids) == 60
+    # removed ids are never reused
+    added = add_to_collection(
+        index, tiny_model, f"synth:{synth_world}", splits=["test"], use_ray=False, progress=False
+    )
+    assert min(added["image_ids"]) == 60
+
+    info = (index / "collection.json").read_text()
+    assert main(["index", "remove", "--index", str(index), "--image-id", "no-such-photo.png"]) == 2
+    assert "no-such-photo.png" in capsys.readouterr().err
+    assert (index / "collection.json").read_text() == info
+
+
 def test_cli_add_then_search_finds_the_added_image(cli_built, tiny_model, synth_world, tmp_path, capsys):
-    import argparse
-
-    from imtext.collection import cmd_add
-
     index = _copy(cli_built, tmp_path / "index")
     test_pairs = load_pairs(f"synth:{synth_world}", splits=["test"])
-    # `imtext index add` has no --no-ray flag (yet); the handler honours args.no_ray when it is there
-    args = argparse.Namespace(
-        index=str(index), model=str(tiny_model), data=f"synth:{synth_world}", split=["test"], no_ray=True
+    assert (
+        main(
+            [
+                "index",
+                "add",
+                "--index",
+                str(index),
+                "--model",
+                str(tiny_model),
+                "--data",
+                f"synth:{synth_world}",
+                "--split",
+                "test",
+                "--no-ray",
+            ]
+        )
+        == 0
     )
-    assert cmd_add(args) == 0
     capsys.readouterr()
     # an image of the test split as the query: its own vector is in the index now, so it ranks first
     path = test_pairs.column("image_path")[0].as_py()
@@ -462,6 +512,7 @@ def test_embed_collection_in_process_keeps_id_order(model, val_pairs):
 # ---- coco-mini end to end (the acceptance test) ------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_coco_mini_text_finds_the_right_photo(coco_artifacts):
     """EfficientNet-Lite0 features of the 80 train2017 photos -> a BoW model trained on them -> a collection
     of the 79 val2017 photos embedded from raw pixels -> each val caption searches the photos."""
@@ -501,7 +552,7 @@ def test_coco_mini_text_finds_the_right_photo(coco_artifacts):
 def test_new_captions_of_known_images_point_at_the_existing_image():
     import pyarrow as pa
 
-    from imtext.collection import _split_tables
+    from imtext.collection.build import _split_tables
     from imtext.data import PAIRS_SCHEMA
 
     pairs = pa.table(

@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import free_port
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 IMTEXT = str(Path(sys.executable).parent / "imtext")
 
 

@@ -170,3 +170,15 @@ def test_names_and_errors():
     built = RankingLoss.from_config(cfg)
     assert (built.margin, built.negatives, built.k, built.weights) == (0.1, "top-k", 5, (0.5, 2.0))
     assert RankingLoss.from_config(cfg, negatives="all").negatives == "all"
+
+
+def test_train_epoch_reports_each_directions_loss(synth_world, tmp_path):
+    """The epoch metrics carry the unweighted i2t and t2i terms; the loss is their weighted sum."""
+    from imtext.train.loop import train_local
+    from tests.conftest import tiny_config
+
+    cfg = tiny_config(synth_world, tmp_path / "model", **{"train.epochs": 1, "loss.t2i_weight": 0.5})
+    _, history = train_local(cfg, max_steps=3)
+    row = history[0]
+    assert row["loss_i2t"] > 0 and row["loss_t2i"] > 0
+    assert row["loss"] == pytest.approx(row["loss_i2t"] + 0.5 * row["loss_t2i"], rel=1e-4)

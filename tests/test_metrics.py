@@ -8,7 +8,8 @@ import torch
 
 import imtext.metrics as metrics_mod
 from imtext.errors import ImtextError
-from imtext.metrics import KEYS, coco_1k, coco_5k, format_table, retrieval
+from imtext.metrics import KEYS, coco_1k, coco_5k, retrieval
+from imtext.report import metrics_rows
 
 # img = identity, so caption j's score for image i is TXT[j][i].
 IMG = np.eye(3, dtype=np.float32)
@@ -132,14 +133,16 @@ def test_errors_are_clear():
         retrieval(IMG, bad, OWNER)
 
 
-def test_format_table():
-    text = format_table(EXPECTED, title="val")
-    lines = text.splitlines()
-    assert lines[0] == "val"
-    assert lines[1].split() == ["R@1", "R@5", "R@10", "medr", "meanr"]
-    assert lines[2].split()[-5:] == ["0.0", "66.7", "100.0", "3.0", "3.7"]
-    assert lines[3].split()[-5:] == ["16.7", "100.0", "100.0", "2.0", "2.3"]
-    assert lines[4].split() == ["rsum", "383.3"]
-    from rich.table import Table
+def test_metrics_rows_follow_the_papers_layout():
+    rows = metrics_rows(EXPECTED)
+    assert [r[0] for r in rows] == ["image -> text (annotation)", "text -> image (search)"]
+    assert [round(v, 1) for v in rows[0][1:]] == [0.0, 66.7, 100.0, 3.0, 3.7]
+    assert [round(v, 1) for v in rows[1][1:]] == [16.7, 100.0, 100.0, 2.0, 2.3]
 
-    assert isinstance(metrics_mod.rich_table(EXPECTED, "val"), Table)
+
+def test_eval_protocols_are_the_configs_choices():
+    import typing
+
+    from imtext.config import EvalProtocol
+
+    assert tuple(metrics_mod.PROTOCOLS) == typing.get_args(EvalProtocol)

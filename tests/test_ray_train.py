@@ -15,7 +15,7 @@ import pytest
 from imtext.model import TwoBranch
 from tests.conftest import tiny_config
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
 def _cfg(world, out, **kw):
@@ -29,11 +29,15 @@ def _epochs(model_dir: Path) -> list[int]:
     return [int(row["epoch"]) for row in history]
 
 
-def test_two_workers_checkpoint_export_and_resume(ray_session, synth_world, tmp_path):
+def test_two_workers_checkpoint_export_and_resume(ray_session, synth_world, tmp_path, monkeypatch):
     from imtext.train.ray_train import fit, run_paths
 
+    # Relative paths, as the README's `imtext train --data synth:data/synth` gives them: the workers run in
+    # Ray's own working folders, so fit() must hand them absolute ones.
+    (tmp_path / "data").symlink_to(synth_world, target_is_directory=True)
+    monkeypatch.chdir(tmp_path)
     out = tmp_path / "model"
-    cfg = _cfg(synth_world, out, **{"train.workers": 2, "train.epochs": 2, "train.num_to_keep": 2})
+    cfg = _cfg(Path("data"), out, **{"train.workers": 2, "train.epochs": 2, "train.num_to_keep": 2})
     result = fit(cfg)
     assert result.error is None
     model = TwoBranch.load(out)  # the best checkpoint, in the model-artifact format
@@ -75,7 +79,9 @@ def _train_workers() -> list[int]:
 def test_killed_worker_restores_from_checkpoint_and_finishes(ray_session, synth_world, tmp_path):
     """Kill the worker process after its first checkpoint: the run restores and completes all epochs,
     losing at most the epoch in flight."""
-    from imtext.train.ray_train import fit, run_paths
+    import ray.train
+
+    from imtext.train.ray_train import fit
 
     out = tmp_path / "model"
     cfg = _cfg(
@@ -83,21 +89,20 @@ def test_killed_worker_restores_from_checkpoint_and_finishes(ray_session, synth_
         out,
         **{"train.workers": 1, "train.epochs": 3, "train.max_failures": 2, "train.num_to_keep": 3},
     )
-    storage, name = run_paths(cfg)
     killed: list[int] = []
+    marker = tmp_path / "checkpoint-reported"
 
-    snapshot = Path(storage) / name / "checkpoint_manager_snapshot.json"
+    class MarkCheckpoints(ray.train.UserCallback):
+        """Runs on Train's controller after the checkpoint manager registered a report's checkpoint."""
 
-    def registered() -> int:
-        try:
-            return len(json.loads(snapshot.read_text())["checkpoint_results"])
-        except (OSError, ValueError, KeyError):
-            return 0
+        def after_report(self, run_context, metrics, checkpoint) -> None:
+            if checkpoint is not None:
+                marker.touch()
 
     def killer() -> None:
         deadline = time.time() + 300
         while time.time() < deadline and not killed:
-            if registered() >= 1:  # the epoch-0 checkpoint is registered, epoch 1 is in flight
+            if marker.exists():  # the epoch-0 checkpoint is registered, epoch 1 is in flight
                 for pid in _train_workers():
                     os.kill(pid, signal.SIGKILL)
                     killed.append(pid)
@@ -105,7 +110,7 @@ def test_killed_worker_restores_from_checkpoint_and_finishes(ray_session, synth_
 
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
-    result = fit(cfg)
+    result = fit(cfg, callbacks=[MarkCheckpoints()])
     thread.join(timeout=5)
     assert killed, "the test never found a training worker to kill"
     assert result.error is None

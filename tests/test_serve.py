@@ -1,7 +1,8 @@
 """The Ray Serve app, for real: deployments on the shared local Ray, HTTP on a free loopback port.
 
-The app is started once for the module (Serve start-up is slow on a small machine). The tests that only
-read come first; the replica kill and the index swap come last (the swap changes the served collection).
+The app is started once for the module (Serve start-up is slow on a small machine). Each test gets it
+serving collection A, as started (the `client` fixture swaps A back in after a test that swapped it out),
+and no test changes a collection on disk that another one reads, so the tests pass in any order.
 """
 
 from __future__ import annotations
@@ -89,9 +90,25 @@ def api(ray_session, tiny_model, collections):
 
 
 @pytest.fixture(scope="module")
-def client(api):
+def http(api):
+    """One HTTP client for the module, and what GET /info says about collection A once the app is up."""
     with httpx.Client(base_url=api.url, timeout=60.0) as c:
-        yield c
+        yield c, c.get("/info").json()["collection"]
+
+
+@pytest.fixture
+def client(http, collections):
+    """The app's client, the app serving collection A: a test before may have swapped in another one."""
+    c, served_first = http
+    if c.get("/info").json()["collection"] != served_first:
+        resp = c.post(
+            "/admin/reload",
+            json={"index_dir": str(collections["A"])},
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        )
+        assert resp.status_code == 200, resp.text
+        assert c.get("/info").json()["collection"] == served_first
+    return c
 
 
 def png_bytes(path: str | Path) -> bytes:
@@ -121,7 +138,7 @@ def assert_same_ranking(hits: list[dict], scores: np.ndarray, ids: np.ndarray) -
 
 
 def test_decode_image_rejects_each_bad_upload_cleanly(synth_world):
-    from serve.app import Rejected, decode_image
+    from serve.uploads import Rejected, decode_image
 
     png = png_bytes(next((synth_world / "images").glob("*.png")))
     ok = decode_image(png)
@@ -144,7 +161,7 @@ def test_call_turns_faults_into_503_and_bugs_into_500():
 
     from ray.serve.exceptions import RayServeException
 
-    from serve.app import ApiError, call
+    from serve.errors import ApiError, call
 
     class FakeResponse:  # what a DeploymentHandle call returns: awaitable, cancellable
         def __init__(self, body):
@@ -187,7 +204,7 @@ def test_call_turns_faults_into_503_and_bugs_into_500():
 
 
 def test_read_meta_checks_model_and_shards(tiny_model, collections):
-    from serve.meta import ModelMismatch, TooManyShards, read_meta
+    from imtext.collection import ModelMismatch, TooManyShards, read_meta
 
     meta = read_meta(collections["A"], max_shards=2)
     assert meta.index_info()["images"] == {"count": len(meta.images), "shards": 2, "factory": "Flat"}
@@ -225,6 +242,37 @@ def test_build_app_and_check_dirs_refuse_bad_input(tiny_model, collections, tmp_
     )
 
 
+def test_build_app_takes_typed_args_as_serve_passes_them(tiny_model, collections):
+    """Serve validates a builder's args into the pydantic model its parameter is annotated with; what
+    `serve run serve.app:build_app key=value` passes are strings."""
+    import inspect
+
+    from serve.app import AppArgs, build_app, parse_args
+
+    assert inspect.signature(build_app).parameters["args"].annotation is AppArgs
+    args = AppArgs.model_validate(
+        {
+            "model_dir": str(tiny_model),
+            "index_dir": str(collections["A"]),
+            "mmap": "false",
+            "shard_timeout_s": "3",
+            "shard_slots": "3",
+            "shard": None,
+        }
+    )
+    assert (args.mmap, args.shard_timeout_s, args.shard_slots, args.shard) == (False, 3.0, 3, {})
+    assert parse_args({"model_dir": "m", "index_dir": "i", "mmap": "true"}).mmap is True
+    assert type(build_app(args)).__name__ == "Application"
+    with pytest.raises(ImtextError, match="app argument mmap: .*boolean"):
+        parse_args({"model_dir": "m", "index_dir": "i", "mmap": "perhaps"})
+    with pytest.raises(ImtextError, match="app argument shard: .*dictionary"):
+        parse_args({"model_dir": "m", "index_dir": "i", "shard": 3})
+    with pytest.raises(ImtextError, match="model_dir is required.*; .*index_dir is required"):
+        parse_args({"model_dir": ""})
+    with pytest.raises(ImtextError, match="shard_slots=1 is fewer than the collection's 2 shards"):
+        build_app({"model_dir": str(tiny_model), "index_dir": str(collections["A"]), "shard_slots": 1})
+
+
 def test_config_yaml_is_a_valid_serve_config_for_build_app(tiny_model, collections):
     import yaml
     from ray.serve.schema import ServeDeploySchema
@@ -252,16 +300,18 @@ def test_health_info_and_docs(client, local, collections):
     info = client.get("/info").json()
     assert info["model"] == {
         "fingerprint": model.fingerprint,
-        "text_model": model.config.text.model,
-        "backbone": model.config.image.backbone,
-        "embed_dim": model.config.model.embed_dim,
+        "text_model": model.text_config.model,
+        "backbone": model.image_config.backbone,
+        "embed_dim": model.embed_dim,
     }
     assert info["index"] == {
         "images": {"count": col.images.ntotal, "shards": 2, "factory": "Flat"},
         "captions": {"count": col.captions.ntotal, "shards": 2, "factory": "Flat"},
     }
     assert set(info["versions"]) == {"imtext", "ray", "faiss", "torch"}
-    assert info["examples"] and set(info["examples"]) <= set(col._images.column("caption").to_pylist())
+    assert info["examples"] and set(info["examples"]) <= set(
+        col.meta.images.table.column("caption").to_pylist()
+    )
     docs = client.get("/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
     paths = client.get("/openapi.json").json()["paths"]
@@ -271,7 +321,7 @@ def test_health_info_and_docs(client, local, collections):
 @pytest.mark.ray
 def test_search_text_matches_in_process_and_finds_the_image(client, local):
     model, col = local
-    caps = col._captions.to_pylist()
+    caps = col.meta.captions.table.to_pylist()
     q = model.embed_texts([c["caption"] for c in caps])
     scores, ids = col.images.search(q, K)
     found = [n for n, c in enumerate(caps) if c["image"] in ids[n]]
@@ -389,7 +439,7 @@ def test_bad_inputs_get_4xx_json_and_change_nothing(client, local):
     assert [h["id"] for h in after] == [h["id"] for h in before]
 
 
-# ---- faults and the index swap (these change the app's state: keep them last) -----------------------
+# ---- faults and the index swap (the `client` fixture serves A again to the next test) ------------------
 
 
 class Load:
@@ -434,6 +484,8 @@ class Load:
 
 
 def _replica_names(deployment: str) -> list[str]:
+    """Serve has no API that lists replica actors; its fault-tolerance guide ("simulate system errors")
+    finds them by their SERVE_REPLICA:: names in the "serve" namespace and kills them with ray.kill, as here."""
     import ray
 
     return sorted(
@@ -511,7 +563,7 @@ def test_index_swap_under_load_drops_no_request(api, client, collections):
     from imtext.collection import Collection
 
     b = Collection.load(collections["B"])
-    b_image_ids = set(b._images.column("image_id").to_pylist())
+    b_image_ids = set(b.meta.images.table.column("image_id").to_pylist())
     queries = client.get("/info").json()["examples"]
     with Load(api.url, queries, n=200) as load:
         while len(load.results) < 50:
@@ -555,12 +607,14 @@ def test_index_swap_under_load_drops_no_request(api, client, collections):
 
 
 @pytest.mark.ray
-def test_reload_picks_up_a_collection_grown_in_place(client, collections, tiny_model, synth_world):
+def test_reload_picks_up_a_collection_grown_in_place(client, collections, tiny_model, synth_world, tmp_path):
     """`imtext index add` rewrites the folder under the same path: a reload of that path must serve it."""
     from imtext.collection import add_to_collection
 
     auth = {"Authorization": f"Bearer {TOKEN}"}
-    b_dir = str(collections["B"])
+    b_dir = str(
+        shutil.copytree(collections["B"], tmp_path / "B")
+    )  # grown here: B stays as the others know it
     assert client.post("/admin/reload", json={"index_dir": b_dir}, headers=auth).status_code == 200
     before = client.get("/info").json()["index"]["images"]["count"]
     added = add_to_collection(

@@ -76,6 +76,7 @@ def ray_head(tmp_path):
         log.close()
 
 
+@pytest.mark.slow
 def test_submit_training_job_to_a_real_head(ray_head, synth_world, tmp_path, capsys):
     from imtext.jobs import submit
 

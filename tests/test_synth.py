@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from imtext.data import PAIRS_SCHEMA, load_pairs, split_names
-from imtext.data.synth import COLORS, PLURALS, SHAPES, describe_world, generate, read_scenes
+from imtext.data.synth import COLORS, PLURALS, SHAPES, generate, read_scenes
 from imtext.errors import DataError
 
 N, PAIRS, SIZE = 200, 20, 64
@@ -194,8 +194,3 @@ def test_generate_rejects_bad_arguments(tmp_path):
         generate(tmp_path / "w", n_images=2, image_size=16)
     with pytest.raises(DataError, match="at least one image"):
         generate(tmp_path / "w", n_images=0, order_pairs=0)
-
-
-def test_describe_world_names_the_vocabulary():
-    text = describe_world()
-    assert all(c in text for c in COLORS) and all(s in text for s in SHAPES) and "order" in text

@@ -431,3 +431,40 @@ def test_client_turns_failures_into_api_errors(search_case: SearchCase):
         with pytest.raises(ApiError, match="not JSON"):
             client.search_image(b"x", 1)
         assert isinstance(e.value, ImtextError)  # the CLI prints these without a traceback
+
+
+def test_imtext_ui_command_serves_the_page_and_stops_on_ctrl_c(tmp_path):
+    """`imtext ui --api URL` as the README prints it, through the console script: the page answers,
+    Ctrl-C ends it with exit 0 (it once crashed on a handler the CLI named but ui.app lacked)."""
+    import signal
+    import subprocess
+    import time
+
+    imtext = Path(sys.executable).parent / "imtext"
+    port = free_port()
+    with FakeApi() as api:
+        proc = subprocess.Popen(
+            [str(imtext), "ui", "--api", api.url, "--port", str(port)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"},
+        )
+        try:
+            deadline, status = time.monotonic() + 120, None
+            while time.monotonic() < deadline and proc.poll() is None:
+                try:
+                    status = httpx.get(f"http://127.0.0.1:{port}/", timeout=2).status_code
+                    break
+                except httpx.HTTPError:
+                    time.sleep(0.5)
+            assert status == 200, (
+                f"the page never answered; output:\n{proc.stdout.read() if proc.poll() else ''}"
+            )
+            proc.send_signal(signal.SIGINT)
+            out, _ = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == 0, out
+    assert f"http://127.0.0.1:{port}/" in out and "Traceback" not in out

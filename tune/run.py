@@ -1,6 +1,6 @@
 """`imtext tune`: Ray Tune over a YAML search space with the project's one train loop.
 
-A trial is either `imtext.train.loop.tune_trial` (one worker, a plain function trainable) or, with
+A trial is either `imtext.train.trial.run_single_worker_trial` (one worker, a plain function trainable) or, with
 --workers-per-trial > 1, a driver function that runs a TorchTrainer and forwards its reports to Tune with
 TuneReportCallback (Ray 2.60's pattern; `Tuner(trainer)` no longer works). The run folder is the Tune
 experiment folder; tune/results.py writes the tables, best.yaml, best_model/ and plot.png into it.
@@ -8,19 +8,18 @@ experiment folder; tune/results.py writes the tables, best.yaml, best_model/ and
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from imtext.atomic import write_json
-from imtext.config import Config
+from imtext.config import Config, SelectionMetric, TuneScheduler, TuneSearch
 from imtext.errors import ImtextError
 from tune.space import Space, expand, load_space, param_space, space_from_dict
 
 SPEC_FILE = "imtext_tune.json"  # what --resume needs to rebuild the trainable and write the outputs
-METRICS = ("rsum", "i2t_rsum", "t2i_rsum")
+METRICS = get_args(SelectionMetric)
 
 
 # ---- trainables (module level, so Ray can import them on its workers) -------------------------------
@@ -28,9 +27,9 @@ METRICS = ("rsum", "i2t_rsum", "t2i_rsum")
 
 def single_worker_trial(config: dict[str, Any], base: dict[str, Any]) -> None:
     """One trial in one process: the sampled params on top of the resolved base config."""
-    from imtext.train.loop import tune_trial
+    from imtext.train.trial import TrialSpec, run_single_worker_trial
 
-    tune_trial({"base": base, "params": expand(config)})
+    run_single_worker_trial(TrialSpec(base, expand(config)))
 
 
 def multi_worker_trial(config: dict[str, Any], base: dict[str, Any], storage: str, metric: str) -> None:
@@ -39,10 +38,10 @@ def multi_worker_trial(config: dict[str, Any], base: dict[str, Any], storage: st
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from imtext.train.loop import trial_config
     from imtext.train.ray_train import build_trainer
+    from imtext.train.trial import TrialSpec
 
-    cfg = trial_config({"base": base, "params": expand(config)})
+    cfg = TrialSpec(base, expand(config)).config()
     # The trial id is stable across a restore, so a resumed trial finds its Train run again.
     trainer = build_trainer(
         cfg,
@@ -58,19 +57,6 @@ def multi_worker_trial(config: dict[str, Any], base: dict[str, Any], storage: st
 
 
 # ---- building the search ---------------------------------------------------------------------------
-
-
-def absolute_paths(cfg: Config) -> Config:
-    """Trials run in other processes (and other working folders): make data paths absolute."""
-    kind, sep, rest = cfg.data.spec.partition(":")
-    if sep and rest:
-        parts = [p if "://" in p else str(Path(p).expanduser().resolve()) for p in rest.split(",")]
-        cfg.data.spec = f"{kind}:{','.join(parts)}"
-    if cfg.data.features:
-        cfg.data.features = str(Path(cfg.data.features).expanduser().resolve())
-    if cfg.image.weights not in ("default", "none", ""):
-        cfg.image.weights = str(Path(cfg.image.weights).expanduser().resolve())
-    return cfg
 
 
 def resolve_base(
@@ -91,7 +77,7 @@ def resolve_base(
     if workers > 1:
         cfg.train.workers = workers
     cfg.train.out = str(run_dir / "best_retrain")  # where `imtext train --config best.yaml` writes
-    return absolute_paths(cfg).validate()
+    return cfg.with_absolute_paths().validate()
 
 
 def _trainable(spec: dict[str, Any]):
@@ -177,7 +163,7 @@ def run_tune(
     """
     from ray import tune as ray_tune
 
-    from imtext.train.ray_train import ensure_ray
+    from imtext.ray_setup import ensure_ray
     from tune.results import write_outputs
 
     if resume:
@@ -191,8 +177,13 @@ def run_tune(
         spec["run_dir"] = str(run_dir)  # the folder may have moved since
         space = space_from_dict(spec["space"], source=spec["space_source"])
     else:
-        if metric not in METRICS:
-            raise ImtextError(f"--metric {metric!r}; choose one of {', '.join(METRICS)}")
+        for flag, value, choices in (
+            ("--metric", metric, METRICS),
+            ("--scheduler", scheduler, get_args(TuneScheduler)),
+            ("--search", search, get_args(TuneSearch)),
+        ):
+            if value not in choices:
+                raise ImtextError(f"{flag} {value!r}; choose one of {', '.join(choices)}")
         if trials < 1 or concurrent < 1 or workers_per_trial < 1:
             raise ImtextError("--trials, --concurrent and --workers-per-trial must be at least 1")
         if cpus_per_trial <= 0:
@@ -293,44 +284,3 @@ def unfinished(grid, spec: dict[str, Any], space: Space) -> int:
     """Trials the search still owes (not started, or cut off by an interrupt); 0 when it is complete."""
     expected = spec["trials"] * space.grid_size
     return max(0, expected - grid.num_terminated - grid.num_errors)
-
-
-# The flags of imtext.cli's config options, as Config keys (mirrors imtext.cli._load_config).
-def explicit_overrides(args: argparse.Namespace) -> list[str]:
-    """What the command line set explicitly (flags and --set), to apply over the space's `base:`."""
-    from imtext.cli import flag_overrides
-
-    flags = [f"{key}={value}" for key, value in flag_overrides(args).items()]
-    return flags + list(getattr(args, "overrides", None) or [])
-
-
-def cmd_tune(args: argparse.Namespace) -> int:
-    """The `imtext tune` command (parser in imtext/cli.py)."""
-    from imtext.cli import _load_config
-
-    if args.resume:
-        grid = run_tune(resume=args.resume, address=args.address)
-        run_dir = Path(args.resume).resolve()
-    else:
-        grid = run_tune(
-            _load_config(args),
-            space_path=args.space,
-            trials=args.trials,
-            scheduler=args.scheduler,
-            search=args.search,
-            metric=args.metric,
-            run_dir=args.run_dir,
-            concurrent=args.concurrent,
-            cpus_per_trial=args.cpus_per_trial,
-            gpus_per_trial=args.gpus_per_trial,
-            workers_per_trial=args.workers_per_trial,
-            address=args.address,
-            overrides=explicit_overrides(args),
-        )
-        run_dir = Path(args.run_dir).resolve()
-    spec = json.loads((run_dir / SPEC_FILE).read_text())
-    if unfinished(grid, spec, space_from_dict(spec["space"])):
-        return 130
-    print(f"run folder: {run_dir}")
-    print(f"retrain the best: imtext train --config {run_dir / 'best.yaml'}")
-    return 0

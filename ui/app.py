@@ -374,6 +374,19 @@ def launch(
     return page
 
 
+def serve_page(api_url: str, host: str = "127.0.0.1", port: int = 7860, share: bool = False) -> int:
+    """Serve the page until Ctrl-C (`imtext ui`, `python -m ui.app`); warns when the API does not answer yet."""
+    with ApiClient(api_url) as probe:
+        if not probe.health():
+            print(f"warning: the API at {api_url} does not answer yet; the page will say so until it does.")
+    print(f"imtext page on http://{host}:{port}/ (API {api_url}); Ctrl-C stops it.")
+    try:
+        launch(api_url, host=host, port=port, block=True, share=share)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m ui.app", description="The imtext search page (Gradio).")
     ap.add_argument(
@@ -385,16 +398,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--port", type=int, default=7860)
     ap.add_argument("--share", action="store_true", help="ask Gradio for a public share link")
     args = ap.parse_args(argv)
-    with ApiClient(args.api) as probe:
-        if not probe.health():
-            print(f"warning: the API at {args.api} does not answer yet; the page will say so until it does.")
-    print(f"imtext page on http://{args.host}:{args.port}/ (API {args.api}); Ctrl-C stops it.")
     try:
-        launch(args.api, host=args.host, port=args.port, block=True, share=args.share)
+        serve_page(args.api, host=args.host, port=args.port, share=args.share)
     except ImtextError as e:
         sys.exit(f"error: {e}")
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":

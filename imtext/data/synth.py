@@ -534,14 +534,3 @@ def read_scenes(root: str | Path) -> list[dict]:
     return [
         json.loads(line) for line in (root / "scenes.jsonl").read_text(encoding="utf-8").splitlines() if line
     ]
-
-
-def describe_world() -> str:
-    """A plain-text account of the world, for `imtext data synth --help` and the README."""
-    return (__doc__ or "").strip() + (
-        f"\n\nVocabulary: colours {', '.join(COLORS)}; shapes {', '.join(SHAPES)}; sizes "
-        + "; ".join(f"{s} ({'/'.join(w)})" for s, w in SIZE_WORDS.items())
-        + "; relations "
-        + "; ".join("/".join(v) for v in REL_WORDS.values())
-        + "."
-    )

@@ -18,22 +18,15 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import get_args
 
 import torch
 from torch import nn
 
+from imtext.config import Backbone
 from imtext.errors import ImtextError
 
-BACKBONES = (
-    "smallcnn",
-    "resnet18",
-    "resnet50",
-    "resnet152",
-    "vgg16",
-    "vgg19",
-    "efficientnet_lite0",
-    "none",
-)
+BACKBONES = get_args(Backbone)
 OUT_DIMS = {
     "smallcnn": 256,
     "resnet18": 512,
@@ -76,9 +69,8 @@ class SmallCNN(nn.Module):
     Flattening the 4x4 grid instead of global-average-pooling keeps *where* things are, which the
     synthetic captions need (left/right/above/below), and two coordinate channels (CoordConv) give every
     filter its position in the image. Early full-resolution colour channels keep colour. The second conv
-    per stage widens the receptive field from 31 to 87 px (the whole image); with the coordinates it lifted
-    test rsum on the synthetic world from 282 to 308 for 1.4x the step time (docs/BENCHMARKS.md).
-    ~1.1M parameters.
+    per stage widens the receptive field from 31 to 87 px (the whole image). ~1.1M parameters; what each
+    part is worth on the synthetic world is in docs/BENCHMARKS.md (runs K, Q, R).
     """
 
     def __init__(self, out_dim: int = 256, channels: tuple[int, ...] = (32, 64, 128, 128), grid: int = 4):

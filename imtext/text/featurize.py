@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
+from typing import get_args
 
 import torch
 
+from imtext.config import TextModel, Weighting
 from imtext.errors import ImtextError
 from imtext.text.tokenize import tokenize
 from imtext.text.vocab import PAD_ID, UNK, UNK_ID, Vocab
 
-TEXT_KINDS = ("bow", "bigram", "trigram", "skipgram", "gru")
-WEIGHTINGS = ("counts", "tfidf")
+TEXT_KINDS = get_args(TextModel)
+WEIGHTINGS = get_args(Weighting)
 _SEP = "\x1f"  # cannot occur in a token
 
 

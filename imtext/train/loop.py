@@ -1,5 +1,5 @@
-"""The one train loop. Ray Train runs `train_func` on every worker, Ray Tune runs it per trial, and
-`train_local` runs it in this process (tests, benchmarks, a laptop without Ray).
+"""The one train loop. Ray Train runs `train_func` on every worker, a Ray Tune trial runs it through
+imtext.train.trial, and `train_local` runs it in this process (tests, benchmarks, a laptop without Ray).
 
 `train.batch_size` is the *global* batch: each of N workers takes batch_size / N captions per step.
 """
@@ -66,9 +66,16 @@ def prepare(cfg: Config) -> Setup:
 
         ids, matrix, _meta = load_features(cfg.data.features)
         features = FeatureLookup(ids, matrix)
-        if cfg.image.finetune:
-            cfg.image.finetune = False  # precomputed features mean a frozen backbone, as in the paper
-    model = TwoBranch(cfg, vocab, feature_dim=features.dim if features else None)
+    # Precomputed features mean a frozen backbone, as in the paper (config.yaml of the model records it).
+    frozen = features is not None or not cfg.image.finetune
+    if features is not None and cfg.image.finetune and cfg.image.backbone != "none":
+        print(
+            f"note: training on precomputed features ({cfg.data.features}): the {cfg.image.backbone} "
+            "backbone stays frozen (image.finetune=true applies to training from pixels)"
+        )
+    model = TwoBranch.from_config(
+        cfg, vocab, feature_dim=features.dim if features else None, frozen_backbone=frozen
+    )
     return Setup(cfg, train, val, vocab, features, model)
 
 
@@ -138,10 +145,12 @@ def train_epoch(
     device: torch.device,
     max_steps: int = 0,
 ) -> dict[str, float]:
-    """One pass over this worker's shard; returns mean loss, steps and samples/s."""
+    """One pass over this worker's shard; returns the mean loss (and its unweighted image-annotation and
+    image-search terms, which show a model specialising in one direction), steps and samples/s."""
     model.train()
     autocast = device.type == "cuda" and cfg.train.amp
     total, steps, samples = 0.0, 0, 0
+    parts = {"i2t": torch.zeros((), device=device), "t2i": torch.zeros((), device=device)}
     start = time.perf_counter()
     for batch in loader:
         images = batch["images"].to(device, non_blocking=True)
@@ -160,16 +169,25 @@ def train_epoch(
         opt.step()
         sched.step()
         total += float(loss.detach())
+        for name in parts:
+            parts[name] += loss_fn.last_parts[name]
         steps += 1
         samples += len(ids)
         if max_steps and steps >= max_steps:
             break
     elapsed = time.perf_counter() - start
-    return {"loss": total / max(1, steps), "steps": steps, "samples_per_s": samples / max(elapsed, 1e-9)}
+    return {
+        "loss": total / max(1, steps),
+        **{f"loss_{name}": float(v) / max(1, steps) for name, v in parts.items()},
+        "steps": steps,
+        "samples_per_s": samples / max(elapsed, 1e-9),
+    }
 
 
-def save_checkpoint(directory: Path, model: TwoBranch, opt, sched, epoch: int, metrics: dict) -> None:
-    model.save(directory, metrics=metrics)
+def save_checkpoint(
+    directory: Path, model: TwoBranch, cfg: Config, opt, sched, epoch: int, metrics: dict
+) -> None:
+    model.save(directory, config=cfg, metrics=metrics)
     state = {"epoch": epoch, "optimizer": opt.state_dict(), "scheduler": sched.state_dict()}
     torch.save(state, directory / TRAIN_STATE_FILE)
 
@@ -208,7 +226,7 @@ class Run:
         self.start_epoch = restore_checkpoint(Path(directory), self.model, self.opt, self.sched)
 
     def save(self, directory: str | Path, epoch: int, metrics: dict[str, Any]) -> Path:
-        save_checkpoint(Path(directory), self.model, self.opt, self.sched, epoch, metrics)
+        save_checkpoint(Path(directory), self.model, self.cfg, self.opt, self.sched, epoch, metrics)
         return Path(directory)
 
     def epochs(self, wrapped: torch.nn.Module | None = None, max_steps: int = 0) -> Iterator[dict[str, Any]]:
@@ -238,7 +256,7 @@ class Run:
             yield metrics
 
 
-# ---- the three ways the loop is driven -----------------------------------------------------------
+# ---- how Ray Train and this process drive the loop (a Tune trial: imtext.train.trial) -----------------------------------------------------------
 
 
 def train_func(loop_config: dict[str, Any]) -> None:
@@ -270,30 +288,6 @@ def train_func(loop_config: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=None)
 
 
-def trial_config(config: dict[str, Any]) -> Config:
-    """A Tune trial's config: {"base": Config.to_dict(), "params": {"section.key": sampled value}}."""
-    return Config.from_dict(config["base"]).override(dict(config.get("params", {})))
-
-
-def tune_trial(config: dict[str, Any]) -> None:
-    """A single-worker Tune trial: the same loop as a plain function trainable (what Ray 2.60 recommends
-    when one worker is enough); reports every epoch so ASHA can stop poor trials early."""
-    import ray.tune
-
-    cfg = trial_config(config)
-    torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
-    device = torch.device("cuda" if cfg.train.use_gpu and torch.cuda.is_available() else "cpu")
-    run = Run(cfg, device=device)
-    checkpoint = ray.tune.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as d:
-            run.restore(d)
-    for metrics in run.epochs():
-        with tempfile.TemporaryDirectory() as tmp:
-            run.save(Path(tmp) / "model", metrics["epoch"], metrics)
-            ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(Path(tmp) / "model"))
-
-
 def train_local(
     cfg: Config, on_epoch: Callable[[dict[str, Any]], None] | None = None, max_steps: int = 0
 ) -> tuple[TwoBranch, list[dict[str, Any]]]:
@@ -306,7 +300,7 @@ def train_local(
         if on_epoch:
             on_epoch(metrics)
         if run.cfg.train.out and metrics is best_metrics(history):
-            run.model.save(run.cfg.train.out)
+            run.model.save(run.cfg.train.out, config=run.cfg)
     if run.cfg.train.out and history:
         write_json(
             Path(run.cfg.train.out) / "metrics.json", {"best": best_metrics(history), "history": history}

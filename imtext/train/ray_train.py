@@ -4,7 +4,6 @@ model directory."""
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ from typing import Any
 from imtext.atomic import atomic_dir, write_json
 from imtext.config import Config
 from imtext.errors import ImtextError
+from imtext.ray_setup import ensure_ray
 from imtext.train.loop import BEST_METRIC, TRAIN_STATE_FILE, train_func
 
 
@@ -22,26 +22,9 @@ def run_paths(cfg: Config) -> tuple[str, str]:
     return str(storage), cfg.train.name or out.name
 
 
-def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Connect to `address` (or RAY_ADDRESS); with neither, start a local Ray for this process."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address)
-    else:
-        # Declaring a few more logical CPUs than cores keeps Train's controller and workers from waiting
-        # on each other on a 2-core machine (see the field notes).
-        ray.init(
-            address="local", num_cpus=num_cpus or max(4, (os.cpu_count() or 1) * 2), include_dashboard=False
-        )
-
-
 def fit(cfg: Config, resume: bool = False, address: str | None = None, callbacks: list | None = None):
     """Run training under TorchTrainer and write the best checkpoint to `train.out`. Returns the Result."""
-    cfg.validate()
+    cfg = cfg.validate().with_absolute_paths()  # the workers run in Ray's own working folders
     if cfg.train.workers < 1:
         raise ImtextError(
             "Ray Train needs train.workers >= 1 (use --workers 0 for the plain in-process loop)"

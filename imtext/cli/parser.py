@@ -1,208 +1,22 @@
-"""The `imtext` command line. Each subcommand is one arrow of the data flow:
+"""The `imtext` argument parser. Each subcommand is one arrow of the data flow:
 
     data synth -> features -> train -> eval -> index build -> serve (+ the page) ; tune, submit, demo
 
-The parser imports nothing heavy, so `--help` is instant; each command imports its module when it runs.
+It imports nothing heavy, so `--help` is instant; each command imports its handler when it runs.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
+import typing
 
 from imtext import __version__
-from imtext.errors import ImtextError
-
-DATA_HELP = (
-    "dataset as KIND:PATH - synth:DIR, coco:DIR, flickr8k:DIR, karpathy:FILE.json[,IMAGES_DIR], "
-    "manifest:FILE.csv|parquet"
-)
-
-
-# ---- shared option groups -------------------------------------------------------------------------
-
-
-def _config_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("configuration (flags override --config, which overrides the defaults)")
-    g.add_argument("--config", metavar="YAML", help="a config file (e.g. best.yaml from `imtext tune`)")
-    g.add_argument("--data", metavar="KIND:PATH", help=DATA_HELP)
-    g.add_argument(
-        "--features", metavar="PARQUET", help="precomputed backbone features from `imtext features`"
-    )
-    g.add_argument("--text-model", choices=["bow", "bigram", "trigram", "skipgram", "gru"])
-    g.add_argument("--backbone", help="smallcnn, resnet18/50/152, vgg16/19, efficientnet_lite0, none")
-    g.add_argument("--negatives", choices=["all", "hardest", "semi-hard", "top-k"])
-    g.add_argument("--margin", type=float)
-    g.add_argument("--epochs", type=int)
-    g.add_argument("--batch-size", type=int, help="the global batch (split across workers)")
-    g.add_argument("--lr", type=float)
-    g.add_argument("--seed", type=int)
-    g.add_argument("--out", metavar="DIR", help="where the model directory goes (default runs/model)")
-    g.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override any config key, e.g. --set loss.i2t_weight=0.5 (repeatable)",
-    )
-
-
-FLAG_KEYS = {
-    "data": "data.spec",
-    "features": "data.features",
-    "text_model": "text.model",
-    "backbone": "image.backbone",
-    "negatives": "loss.negatives",
-    "margin": "loss.margin",
-    "epochs": "train.epochs",
-    "batch_size": "train.batch_size",
-    "lr": "train.lr",
-    "seed": "train.seed",
-    "out": "train.out",
-    "workers": "train.workers",
-}
-
-
-def flag_overrides(args: argparse.Namespace) -> dict:
-    """The config keys that command-line flags set explicitly (typed values, unset flags left out)."""
-    return {
-        key: getattr(args, name) for name, key in FLAG_KEYS.items() if getattr(args, name, None) is not None
-    }
-
-
-def _load_config(args: argparse.Namespace):
-    from imtext.config import Config
-
-    cfg = Config.load(args.config) if getattr(args, "config", None) else Config()
-    cfg = cfg.override(flag_overrides(args))
-    if getattr(args, "gpu", None) is not None:
-        cfg.train.use_gpu = args.gpu
-    return cfg.override(getattr(args, "overrides", []) or []).validate()
-
-
-# ---- commands ------------------------------------------------------------------------------------
-
-
-def cmd_data_synth(args: argparse.Namespace) -> int:
-    from imtext.data.synth import generate
-
-    order_pairs = args.order_pairs if args.order_pairs is not None else max(1, args.images // 10)
-    out = generate(
-        args.out, n_images=args.images, seed=args.seed, image_size=args.image_size, order_pairs=order_pairs
-    )
-    return cmd_data_show(argparse.Namespace(data=f"synth:{out}"))
-
-
-def cmd_data_show(args: argparse.Namespace) -> int:
-    from imtext.data import load_pairs
-    from imtext.report import print_table
-
-    table = load_pairs(args.data)
-    splits = table["split"].to_pylist()
-    images = table["image_id"].to_pylist()
-    rows = []
-    for split in sorted(set(splits)):
-        n_img = len({i for i, s in zip(images, splits) if s == split})
-        rows.append([split, n_img, splits.count(split)])
-    print_table(args.data, ["split", "images", "captions"], rows)
-    return 0
-
-
-def cmd_features(args: argparse.Namespace) -> int:
-    from imtext.data import load_pairs
-    from imtext.image.features import compute_features, load_features
-    from imtext.report import print_table
-
-    pairs = load_pairs(args.data)
-    out = compute_features(
-        pairs,
-        backbone=args.backbone,
-        weights=args.weights,
-        image_size=args.image_size,
-        out_path=args.out,
-        batch_size=args.batch_size,
-    )
-    ids, matrix, meta = load_features(out)
-    print_table(
-        "features",
-        ["file", "images", "dim", "backbone"],
-        [[str(out), len(ids), matrix.shape[1], args.backbone]],
-    )
-    return 0
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    from imtext.report import print_metrics
-
-    cfg = _load_config(args)
-    if args.print_config:
-        print(cfg.to_yaml())
-        return 0
-    if cfg.train.workers == 0:
-        from imtext.report import epoch_printer
-        from imtext.train.loop import best_metrics, train_local
-
-        _, history = train_local(cfg, on_epoch=epoch_printer())
-        best = best_metrics(history)
-    else:
-        from imtext.train.ray_train import fit
-
-        result = fit(cfg, resume=args.resume, address=args.address)
-        from imtext.model import read_metrics
-
-        best = read_metrics(cfg.train.out).get("best", result.metrics)
-    print_metrics(best, title=f"best validation epoch ({best.get('epoch', '?')})")
-    print(f"model directory: {Path(cfg.train.out).resolve()}")
-    return 0
-
-
-def cmd_eval(args: argparse.Namespace) -> int:
-    from imtext.data import load_pairs
-    from imtext.evaluate import embed_split
-    from imtext.metrics import coco_1k, coco_5k, retrieval
-    from imtext.model import TwoBranch
-    from imtext.report import print_metrics
-    from imtext.train.batches import FeatureLookup, SplitView
-
-    model = TwoBranch.load(args.model)
-    pairs = load_pairs(args.data, splits=[args.split])
-    view = SplitView.from_table(pairs, args.split)
-    features = None
-    if args.features:
-        from imtext.image.features import load_features
-
-        ids, matrix, _ = load_features(args.features)
-        features = FeatureLookup(ids, matrix)
-    img, txt = embed_split(model, view, features)
-    protocol = {"all": retrieval, "coco1k": coco_1k, "coco5k": coco_5k}[args.protocol]
-    metrics = protocol(img, txt, view.caption_image)
-    print_metrics(
-        metrics,
-        title=f"{args.data} [{args.split}] {len(view.image_ids)} images, {len(view.captions)} captions",
-    )
-    if args.json:
-        from imtext.atomic import write_json
-
-        write_json(args.json, metrics)
-    return 0
-
-
-def cmd_submit(args: argparse.Namespace) -> int:
-    from imtext.jobs import submit
-
-    return submit(
-        args.entrypoint,
-        address=args.address,
-        working_dir=args.working_dir,
-        follow=not args.no_wait,
-        submission_id=args.submission_id,
-    )
+from imtext.cli.config_flags import DATA_HELP, add_config_options
+from imtext.config import Backbone, EvalProtocol, SelectionMetric, TuneScheduler, TuneSearch
 
 
 def _lazy(module: str, func: str):
-    """A handler living in another module (serve/, tune/, ui/ or a heavy part of imtext)."""
+    """A handler imported when its command runs (so --help never imports torch, Ray or an app)."""
 
     def run(args: argparse.Namespace) -> int:
         import importlib
@@ -210,6 +24,22 @@ def _lazy(module: str, func: str):
         return getattr(importlib.import_module(module), func)(args)
 
     return run
+
+
+def _ray_options(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    r = p.add_argument_group("where it runs")
+    r.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    r.add_argument(
+        "--ray-cpus",
+        type=int,
+        metavar="N",
+        help="logical CPUs of a local Ray (default: the machine's cores); on a 2-core laptop 4 lets stages overlap",
+    )
+    return r
+
+
+COMMANDS = "imtext.cli.commands"
+APPS = "imtext.cli.apps"
 
 
 # ---- the parser ----------------------------------------------------------------------------------
@@ -245,10 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument(
         "--order-pairs", type=int, help="mirrored scene pairs in the `order` split (default images/10)"
     )
-    synth.set_defaults(func=cmd_data_synth)
+    synth.set_defaults(func=_lazy(COMMANDS, "cmd_data_synth"))
     show = dsub.add_parser("show", help="count images and captions per split")
     show.add_argument("--data", required=True, metavar="KIND:PATH", help=DATA_HELP)
-    show.set_defaults(func=cmd_data_show)
+    show.set_defaults(func=_lazy(COMMANDS, "cmd_data_show"))
 
     # features
     feats = sub.add_parser(
@@ -259,13 +89,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     feats.add_argument("--data", required=True, metavar="KIND:PATH", help=DATA_HELP)
     feats.add_argument(
-        "--backbone", default="efficientnet_lite0", help="default: efficientnet_lite0 (works offline)"
+        "--backbone",
+        default="efficientnet_lite0",
+        choices=[b for b in typing.get_args(Backbone) if b != "none"],
+        help="default: efficientnet_lite0 (works offline)",
     )
     feats.add_argument("--weights", default="default", help="default | none | /path/to/weights")
     feats.add_argument("--image-size", type=int, default=224)
     feats.add_argument("--batch-size", type=int, default=32)
     feats.add_argument("--out", required=True, metavar="FILE.parquet")
-    feats.set_defaults(func=cmd_features)
+    feats.set_defaults(func=_lazy(COMMANDS, "cmd_features"))
 
     # train
     train = sub.add_parser(
@@ -275,17 +108,16 @@ def build_parser() -> argparse.ArgumentParser:
         "model directory (config.yaml, weights.safetensors, vocab.json, metrics.json). Runs under Ray Train "
         "with --workers N (a local Ray unless --address/RAY_ADDRESS); --workers 0 runs a plain loop here.",
     )
-    _config_options(train)
-    r = train.add_argument_group("where it runs")
+    add_config_options(train)
+    r = _ray_options(train)
     r.add_argument("--workers", type=int, help="Ray Train workers (default 1); 0 = in-process without Ray")
     r.add_argument("--gpu", dest="gpu", action="store_true", default=None, help="one GPU per worker")
     r.add_argument("--cpu", dest="gpu", action="store_false", help="CPU only (default)")
-    r.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     r.add_argument("--resume", action="store_true", help="continue the interrupted run behind --out")
     train.add_argument(
         "--print-config", action="store_true", help="print the resolved config as YAML and exit"
     )
-    train.set_defaults(func=cmd_train)
+    train.set_defaults(func=_lazy(COMMANDS, "cmd_train"))
 
     # eval
     ev = sub.add_parser("eval", help="R@1/5/10, median and mean rank of a model on a split")
@@ -297,12 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument(
         "--protocol",
-        choices=["all", "coco1k", "coco5k"],
+        choices=typing.get_args(EvalProtocol),
         default="all",
         help="all images of the split (default), COCO 1K (mean of 5 folds) or 5K",
     )
     ev.add_argument("--json", metavar="FILE", help="also write the metrics as JSON")
-    ev.set_defaults(func=cmd_eval)
+    ev.set_defaults(func=_lazy(COMMANDS, "cmd_eval"))
 
     # index
     idx = sub.add_parser("index", help="embed a collection and build, grow or query its sharded FAISS index")
@@ -317,14 +149,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     build.add_argument("--out", required=True, metavar="DIR")
     build.add_argument("--no-ray", action="store_true", help="embed in this process instead of Ray Data")
-    build.set_defaults(func=_lazy("imtext.collection", "cmd_build"))
+    _ray_options(build)
+    build.set_defaults(func=_lazy(COMMANDS, "cmd_index_build"))
     add = isub.add_parser("add", help="append new items to an existing index (no rebuild)")
     add.add_argument("--index", required=True, metavar="DIR")
     add.add_argument("--model", required=True, metavar="DIR")
     add.add_argument("--data", required=True, metavar="KIND:PATH", help=DATA_HELP)
     add.add_argument("--split", action="append")
     add.add_argument("--no-ray", action="store_true", help="embed in this process instead of Ray Data")
-    add.set_defaults(func=_lazy("imtext.collection", "cmd_add"))
+    _ray_options(add)
+    add.set_defaults(func=_lazy(COMMANDS, "cmd_index_add"))
+    rm = isub.add_parser(
+        "remove",
+        help="remove images and their captions from an index (no rebuild)",
+        description="Remove images, with all their captions, from both indexes, the metadata and the stored "
+        "embeddings. A running Serve app picks the change up with POST /admin/reload.",
+    )
+    rm.add_argument("--index", required=True, metavar="DIR")
+    rm.add_argument(
+        "--image-id",
+        required=True,
+        action="append",
+        metavar="ID",
+        help="the dataset's image_id, as `imtext index search` prints it (repeatable)",
+    )
+    rm.set_defaults(func=_lazy(COMMANDS, "cmd_index_remove"))
     search = isub.add_parser("search", help="query an index from the shell")
     search.add_argument("--index", required=True, metavar="DIR")
     search.add_argument("--model", metavar="DIR", help="default: the model the index was built with")
@@ -332,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--text", help="a sentence: finds images")
     q.add_argument("--image", metavar="FILE", help="an image: finds captions")
     search.add_argument("-k", type=int, default=10)
-    search.set_defaults(func=_lazy("imtext.collection", "cmd_search"))
+    search.set_defaults(func=_lazy(COMMANDS, "cmd_index_search"))
 
     # serve / ui
     srv = sub.add_parser(
@@ -348,13 +197,13 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--port", type=int, default=8000, help="API port (default 8000)")
     srv.add_argument("--ui-port", type=int, default=7860, help="page port (default 7860)")
     srv.add_argument("--no-ui", action="store_true", help="only the API")
-    srv.add_argument("--address", help="Ray cluster address (default: a local Ray)")
-    srv.set_defaults(func=_lazy("serve.launch", "cmd_serve"))
+    _ray_options(srv)
+    srv.set_defaults(func=_lazy(APPS, "cmd_serve"))
     ui = sub.add_parser("ui", help="only the search page, talking to a running API")
     ui.add_argument("--api", default="http://127.0.0.1:8000", help="the Serve app's URL")
     ui.add_argument("--host", default="127.0.0.1")
     ui.add_argument("--port", type=int, default=7860)
-    ui.set_defaults(func=_lazy("ui.app", "cmd_ui"))
+    ui.set_defaults(func=_lazy(APPS, "cmd_ui"))
 
     # tune
     tune = sub.add_parser(
@@ -364,9 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tune.add_argument("--space", default="tune/spaces/default.yaml", metavar="YAML")
     tune.add_argument("--trials", type=int, default=8, help="samples (for grid spaces: repeats of the grid)")
-    tune.add_argument("--scheduler", choices=["asha", "none"], default="asha")
-    tune.add_argument("--search", choices=["random", "optuna"], default="random")
-    tune.add_argument("--metric", choices=["rsum", "i2t_rsum", "t2i_rsum"], default="rsum")
+    tune.add_argument("--scheduler", choices=typing.get_args(TuneScheduler), default="asha")
+    tune.add_argument("--search", choices=typing.get_args(TuneSearch), default="random")
+    tune.add_argument("--metric", choices=typing.get_args(SelectionMetric), default="rsum")
     tune.add_argument("--concurrent", type=int, default=2, help="trials at once")
     tune.add_argument("--cpus-per-trial", type=float, default=1.0)
     tune.add_argument("--gpus-per-trial", type=float, default=0.0)
@@ -375,9 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tune.add_argument("--run-dir", default="runs/tune", metavar="DIR")
     tune.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted search")
-    tune.add_argument("--address", help="Ray cluster address (default: a local Ray)")
-    _config_options(tune)
-    tune.set_defaults(func=_lazy("tune.run", "cmd_tune"))
+    _ray_options(tune)
+    add_config_options(tune)
+    tune.set_defaults(func=_lazy(APPS, "cmd_tune"))
 
     # submit
     sm = sub.add_parser(
@@ -393,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument(
         "entrypoint", nargs=argparse.REMAINDER, help="-- then an imtext command, e.g. -- train ..."
     )
-    sm.set_defaults(func=cmd_submit)
+    sm.set_defaults(func=_lazy(COMMANDS, "cmd_submit"))
 
     # demo
     demo = sub.add_parser(
@@ -415,24 +264,5 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=int, default=8000)
     demo.add_argument("--ui-port", type=int, default=7860)
-    demo.set_defaults(func=_lazy("imtext.demo", "cmd_demo"))
+    demo.set_defaults(func=_lazy("imtext.cli.demo", "cmd_demo"))
     return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command == "submit" and args.entrypoint and args.entrypoint[0] == "--":
-        args.entrypoint = args.entrypoint[1:]
-    try:
-        return int(args.func(args) or 0)
-    except ImtextError as e:
-        print(f"imtext: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("imtext: interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

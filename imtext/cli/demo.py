@@ -13,7 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from imtext.config import Config
+from imtext.ray_setup import shutdown_ray
 from imtext.report import console, print_metrics, print_table
+
+# The demo runs Ray Train, Ray Data and Serve one after another on one machine, often a 2-core laptop:
+# declaring at least this many logical CPUs keeps one stage's actors from waiting on another's.
+DEMO_MIN_CPUS = 4
 
 
 @dataclass
@@ -131,9 +136,9 @@ def run_demo(args: argparse.Namespace) -> int:
     # 2. train on Ray
     t0 = time.perf_counter()
     if _stage("train: Ray Train, 1 worker", (p.model_dir / "weights.safetensors").is_file(), fresh):
-        from imtext.train.ray_train import ensure_ray, fit
+        from imtext.train.ray_train import fit
 
-        ensure_ray()
+        _connect_ray()
         fit(p.config)
     timed("train", t0)
 
@@ -149,9 +154,8 @@ def run_demo(args: argparse.Namespace) -> int:
         "index: embed with Ray Data, 2 FAISS shards", (p.index_dir / "collection.json").is_file(), fresh
     ):
         from imtext.collection import build_collection
-        from imtext.train.ray_train import ensure_ray
 
-        ensure_ray()
+        _connect_ray()
         build_collection(p.model_dir, p.data_spec, p.index_dir, shards=2, factory="Flat", use_ray=True)
     timed("index", t0)
 
@@ -164,9 +168,10 @@ def run_demo(args: argparse.Namespace) -> int:
         return 0
 
     # 5. serve + page
-    from serve.launch import run_until_interrupted
+    from imtext.cli.apps import serve_until_interrupted
 
-    return run_until_interrupted(
+    _connect_ray()
+    return serve_until_interrupted(
         p.model_dir,
         p.index_dir,
         host=args.host,
@@ -175,6 +180,13 @@ def run_demo(args: argparse.Namespace) -> int:
         exit_after_ready=args.exit_after_ready,
         started=started,
     )
+
+
+def _connect_ray() -> None:
+    """A local Ray with at least DEMO_MIN_CPUS logical CPUs (see imtext.ray_setup), or RAY_ADDRESS."""
+    from imtext.ray_setup import ensure_ray
+
+    ensure_ray(min_cpus=DEMO_MIN_CPUS)
 
 
 def _evaluate(p: DemoPlan) -> None:
@@ -198,14 +210,4 @@ def cmd_demo(args: argparse.Namespace) -> int:
         console.print("stopped")
         return 130
     finally:
-        _shutdown_ray()
-
-
-def _shutdown_ray() -> None:
-    import sys
-
-    if "ray" in sys.modules:
-        import ray
-
-        if ray.is_initialized():
-            ray.shutdown()
+        shutdown_ray()
