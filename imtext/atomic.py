@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from imtext.errors import ImtextError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -25,9 +27,28 @@ def _publish_mode(path: Path, directory: bool) -> None:
     os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
 
 
+def _fsync(path: Path) -> None:
+    """Flush a file or a folder's entries to disk, so a rename is never visible before the data is."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def refuse_foreign(path: str | os.PathLike, is_ours: bool, what: str, flag: str = "--out") -> None:
+    """Writers replace their output whole: refuse a `path` that exists and is not `what` (`is_ours` says
+    whether it is), unless it is an empty folder. Nothing imtext did not write is ever replaced."""
+    p = Path(path).expanduser()
+    if not p.exists() or is_ours or (p.is_dir() and not any(p.iterdir())):
+        return
+    raise ImtextError(f"{p} exists and is not {what}; refusing to replace it: pick an empty or new {flag}")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success it is renamed onto `path`, on error removed."""
+    """Yield a temporary path beside `path`; on success it is synced and renamed onto `path`, on error
+    removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -36,7 +57,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp_path
         _publish_mode(tmp_path, directory=False)
+        _fsync(tmp_path)
         os.replace(tmp_path, path)
+        _fsync(path.parent)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -55,24 +78,54 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def _old_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.old")
+
+
+def recover_interrupted_swap(path: str | os.PathLike) -> bool:
+    """A process killed between atomic_dir's two renames leaves `path` missing and its previous version
+    under `.NAME.old`: put it back. True when something was restored."""
+    path = Path(path)
+    old = _old_name(path)
+    if old.is_dir() and not path.exists():
+        os.replace(old, path)
+        return True
+    return False
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary folder beside `path`; on success it replaces `path` as a whole."""
+    """Yield a temporary folder beside `path`; on success it is synced and replaces `path` as a whole.
+
+    The previous version is renamed to `.NAME.old` for the moment of the swap; if the second rename fails
+    it is put back at once, and a process killed in between is recovered by the next atomic_dir (or
+    `recover_interrupted_swap`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    recover_interrupted_swap(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         _publish_mode(tmp, directory=True)
+        for root, _dirs, files in os.walk(tmp):
+            for name in files:
+                _fsync(Path(root) / name)
+            _fsync(Path(root))
         if path.exists():
-            old = path.with_name(f".{path.name}.old")
+            old = _old_name(path)
             if old.exists():
                 shutil.rmtree(old)
             os.replace(path, old)
-            os.replace(tmp, path)
+            try:
+                os.replace(tmp, path)
+            except BaseException:
+                os.replace(old, path)  # the previous version comes back
+                raise
+            _fsync(path.parent)
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
+            _fsync(path.parent)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -206,6 +206,9 @@ class Config:
             raise ImtextError("loss.margin must be >= 0")
         if self.train.batch_size < 2:
             raise ImtextError("train.batch_size must be at least 2 (the loss needs negatives)")
+        name = self.train.name
+        if name and (name != Path(name).name or name in (".", "..")):
+            raise ImtextError(f"train.name={name!r} must be a plain folder name (no '/' or '..')")
         if self.train.workers < 0:
             raise ImtextError("train.workers must be >= 0 (0 = in-process without Ray)")
         return self

@@ -17,12 +17,14 @@ from pathlib import Path
 
 from imtext.errors import ImtextError
 
+# gitignore syntax relative to the working dir: a leading "/" anchors a name to the project root, so
+# `/data` (the README's datasets) never drops the package's own imtext/data/ from the shipped code.
 DEFAULT_EXCLUDES = [
-    ".venv",
-    ".git",
-    "runs",
-    "data",
-    "test-artifacts",
+    "/.venv",
+    "/.git",
+    "/runs",
+    "/data",
+    "/test-artifacts",
     "**/__pycache__",
     "*.safetensors",
     "*.faiss",

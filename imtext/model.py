@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from imtext.atomic import atomic_dir
+from imtext.atomic import atomic_dir, refuse_foreign
 from imtext.config import Config, ImageConfig, ModelConfig, TextConfig
 from imtext.errors import ImtextError
 from imtext.image import build_backbone, image_transform
@@ -201,6 +201,7 @@ class TwoBranch(nn.Module):
         and model sections taken from this model, so it rebuilds exactly this model and records whether the
         backbone was frozen (image.finetune)."""
         directory = Path(directory)
+        refuse_foreign_out(directory)
         record = self.run_config(config)
         state = {k: v.detach().cpu().contiguous().clone() for k, v in self.state_dict().items()}
         with atomic_dir(directory) as tmp:
@@ -255,6 +256,17 @@ class TwoBranch(nn.Module):
                 f"{directory}: weights do not fit config.yaml ({str(e).splitlines()[0]})"
             ) from None
         return model.to(device).eval()
+
+
+def is_model_dir(directory: str | Path) -> bool:
+    """True for a folder imtext wrote as a model directory (what `--out` of `imtext train` may replace)."""
+    return all((Path(directory) / name).is_file() for name in (CONFIG_FILE, WEIGHTS_FILE))
+
+
+def refuse_foreign_out(directory: str | Path) -> None:
+    """Refuse to replace an existing folder (or file) that is not a model directory: `--out ~/Documents`
+    must never lose the documents."""
+    refuse_foreign(directory, is_model_dir(directory), "an imtext model directory")
 
 
 def read_config(directory: str | Path) -> Config:

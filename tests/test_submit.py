@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from imtext.jobs import job_entrypoint, model_location
+from imtext.jobs import DEFAULT_EXCLUDES, job_entrypoint, model_location
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.ray
@@ -74,6 +74,20 @@ def ray_head(tmp_path):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
         log.close()
+
+
+def test_excludes_keep_every_package_file_and_drop_the_projects_data():
+    """Ray's own matcher over the checkout: every file of the packages ships, the root-level data and runs
+    folders do not (an unanchored `data` once dropped imtext/data/ on clusters with imtext installed)."""
+    from ray._private.runtime_env.packaging import _get_excludes  # the matcher `ray job submit` uses; private
+
+    root = Path(__file__).resolve().parents[1]
+    excluded = _get_excludes(root, DEFAULT_EXCLUDES)
+    for package in ("imtext", "serve", "tune", "ui"):
+        for path in (root / package).rglob("*.py"):
+            assert not excluded(path), f"{path.relative_to(root)} would not ship"
+    assert excluded(root / "data" / "coco" / "x.jpg") and excluded(root / "runs" / "model" / "a.safetensors")
+    assert excluded(root / ".venv" / "bin" / "python")
 
 
 @pytest.mark.slow

@@ -7,7 +7,6 @@ synthetic world (or --data coco:DIR with EfficientNet-Lite0 features)
 from __future__ import annotations
 
 import argparse
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,8 +113,6 @@ def run_demo(args: argparse.Namespace) -> int:
         if _stage("data: synthetic world", (world / "synth.json").is_file(), fresh):
             from imtext.data.synth import generate
 
-            if world.exists():
-                shutil.rmtree(world)
             generate(world, n_images=300 if p.tiny else 2000, seed=0, order_pairs=30 if p.tiny else 100)
     else:
         from imtext.data import load_pairs

@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from imtext.atomic import atomic_dir, atomic_path, write_json
+from imtext.atomic import atomic_dir, atomic_path, refuse_foreign, write_json
 from imtext.collection.format import (
     CAPTIONS_SCHEMA,
     FORMAT_VERSION,
@@ -133,14 +133,6 @@ def _write_parquet(table: pa.Table, path: Path) -> str:
     return digest
 
 
-def _refuse_foreign_folder(out: Path) -> None:
-    """atomic_dir replaces `out` whole: never let a typo wipe a folder that is not a collection."""
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / INFO).is_file())):
-        raise ImtextError(
-            f"{out} exists and is not an imtext collection; refusing to replace it: pick an empty or new --out"
-        )
-
-
 def _embed(
     model_dir,
     model,
@@ -185,7 +177,7 @@ def build_collection(
     from imtext.data import load_pairs, split_names
 
     out = Path(out)
-    _refuse_foreign_folder(out)
+    refuse_foreign(out, (out / INFO).is_file(), "an imtext collection")  # atomic_dir replaces it whole
     model = load_indexing_model(model_dir)
     pairs = load_pairs(data_spec, splits=splits)
     images, captions = _split_tables(pairs)

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import torch
 
 import imtext
-from imtext.atomic import atomic_path
+from imtext.atomic import atomic_path, refuse_foreign
 from imtext.errors import ImtextError
 from imtext.image.backbones import build_backbone, image_transform
 
@@ -45,6 +45,7 @@ def compute_features(
         raise ImtextError("compute_features needs a real backbone (image.backbone), not 'none'")
     if batch_size < 1:
         raise ImtextError("batch_size must be >= 1")
+    refuse_foreign(out_path, is_features_file(out_path), "an imtext features file")  # before the long part
     ids, paths = _unique_images(pairs)
     model = build_backbone(backbone, weights, image_size).eval()
     transform = image_transform(backbone, image_size, train=False)
@@ -84,6 +85,15 @@ def compute_features(
     with atomic_path(out_path) as tmp:
         pq.write_table(table, tmp)
     return out_path
+
+
+def is_features_file(path: str | os.PathLike) -> bool:
+    """True for a parquet file that compute_features wrote (what `imtext features --out` may replace)."""
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except Exception:  # not a file, not parquet
+        return False
+    return b"imtext_version" in meta and b"backbone" in meta
 
 
 def load_features(path: str | os.PathLike) -> tuple[list[str], np.ndarray, dict[str, Any]]:

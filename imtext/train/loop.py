@@ -25,7 +25,7 @@ from imtext.data import load_pairs
 from imtext.errors import ImtextError
 from imtext.evaluate import evaluate
 from imtext.loss import RankingLoss
-from imtext.model import WEIGHTS_FILE, TwoBranch
+from imtext.model import WEIGHTS_FILE, TwoBranch, refuse_foreign_out
 from imtext.text import Vocab
 from imtext.train.batches import FeatureLookup, PairDataset, SplitView, collate_pairs
 from imtext.train.distributed import batch_loss
@@ -292,6 +292,8 @@ def train_local(
     cfg: Config, on_epoch: Callable[[dict[str, Any]], None] | None = None, max_steps: int = 0
 ) -> tuple[TwoBranch, list[dict[str, Any]]]:
     """The same loop in this process, without Ray. Saves the best epoch (by validation rsum) to train.out."""
+    if cfg.train.out:
+        refuse_foreign_out(cfg.train.out)  # before training, not after
     device = torch.device("cuda" if cfg.train.use_gpu and torch.cuda.is_available() else "cpu")
     run = Run(cfg, device=device)
     history: list[dict[str, Any]] = []

@@ -8,11 +8,14 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from imtext.atomic import atomic_dir, write_json
+from imtext.atomic import atomic_dir, refuse_foreign, write_json
 from imtext.config import Config
 from imtext.errors import ImtextError
+from imtext.model import refuse_foreign_out
 from imtext.ray_setup import ensure_ray
 from imtext.train.loop import BEST_METRIC, TRAIN_STATE_FILE, train_func
+
+RUN_MARKER = ".validate_storage_marker"  # Ray Train writes it first into every run folder
 
 
 def run_paths(cfg: Config) -> tuple[str, str]:
@@ -29,10 +32,15 @@ def fit(cfg: Config, resume: bool = False, address: str | None = None, callbacks
         raise ImtextError(
             "Ray Train needs train.workers >= 1 (use --workers 0 for the plain in-process loop)"
         )
+    refuse_foreign_out(cfg.train.out)  # before training, not after
     storage, name = run_paths(cfg)
     run_dir = Path(storage) / name
     if run_dir.exists() and not resume:
-        shutil.rmtree(run_dir)  # a fresh run; `--resume` continues the old one instead
+        # a fresh run; `--resume` continues the old one instead. Only a Ray Train run folder is removed.
+        refuse_foreign(
+            run_dir, (run_dir / RUN_MARKER).exists(), "a Ray Train run folder", "--out or train.name"
+        )
+        shutil.rmtree(run_dir)
     elif resume and not run_dir.exists():
         raise ImtextError(f"nothing to resume: no Ray Train run at {run_dir}")
     ensure_ray(address)
@@ -85,6 +93,7 @@ def export_best(result, out: str | Path) -> Path:
     if best is None:
         raise ImtextError("training reported no checkpoint; nothing to export")
     history = _history(result)
+    refuse_foreign_out(out)
     with best.as_directory() as src, atomic_dir(out) as tmp:
         for item in Path(src).iterdir():
             if item.name != TRAIN_STATE_FILE:
