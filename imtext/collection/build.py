@@ -204,7 +204,7 @@ def build_collection(
             index.save(tmp / name)
             parquet = TABLES[name][0]
             files[parquet] = _write_parquet(table, tmp / parquet)
-            rows.append([name, len(table), index.shard_count, factory, dim, time.perf_counter() - start])
+            rows.append(_summary_row(name, len(table), index, start))
         info = {
             "format_version": FORMAT_VERSION,
             "model_fingerprint": model.fingerprint,
@@ -225,11 +225,17 @@ def build_collection(
     return out
 
 
-def _print_summary(title: str, rows: list[list[Any]], report: Any) -> None:
+def _summary_row(name: str, items: Any, index: ShardedIndex, started: float) -> list[Any]:
+    """One row of the table build, add and remove print: what the index holds now, and how long it took."""
+    return [name, items, index.shard_count, index.factory, index.dim, time.perf_counter() - started]
+
+
+def _print_summary(title: str, rows: list[list[Any]], report: Any = None) -> None:
     from imtext.report import console, print_table
 
-    n = len(report.images.ids) + len(report.captions.ids)
-    console.print(f"embedded {n} items in {report.seconds:.1f} s ({report.engine})")
+    if report is not None:
+        n = len(report.images.ids) + len(report.captions.ids)
+        console.print(f"embedded {n} items in {report.seconds:.1f} s ({report.engine})")
     print_table(title, ["collection", "items", "shards", "factory", "dim", "time s"], rows)
 
 
@@ -320,16 +326,7 @@ def add_to_collection(
                 idx.save(tmp / name)
             parquet = TABLES[name][0]
             files[parquet] = _write_parquet(pa.concat_tables([old, new]), tmp / parquet)
-            rows.append(
-                [
-                    name,
-                    f"{idx.ntotal} (+{len(new)})",
-                    idx.shard_count,
-                    idx.factory,
-                    idx.dim,
-                    time.perf_counter() - start,
-                ]
-            )
+            rows.append(_summary_row(name, f"{idx.ntotal} (+{len(new)})", idx, start))
         counts = {"images": col.images.ntotal, "captions": col.captions.ntotal}
         new_info = dict(info)
         new_info.update(
@@ -426,16 +423,7 @@ def remove_from_collection(
             _drop_embeddings(tmp / "embeddings", kind, drop)
             parquet = TABLES[name][0]
             files[parquet] = _write_parquet(table.filter(pa.array(~gone)), tmp / parquet)
-            rows.append(
-                [
-                    name,
-                    f"{index.ntotal} (-{int(gone.sum())})",
-                    index.shard_count,
-                    index.factory,
-                    index.dim,
-                    time.perf_counter() - start,
-                ]
-            )
+            rows.append(_summary_row(name, f"{index.ntotal} (-{int(gone.sum())})", index, start))
         counts = {"images": col.images.ntotal, "captions": col.captions.ntotal}
         info.update(
             counts=counts,
@@ -453,11 +441,5 @@ def remove_from_collection(
         )
         write_json(tmp / INFO, info)
     if progress:
-        from imtext.report import print_table
-
-        print_table(
-            f"collection {folder} (removed)",
-            ["collection", "items", "shards", "factory", "dim", "time s"],
-            rows,
-        )
+        _print_summary(f"collection {folder} (removed)", rows)
     return {"images": int(image_gone.sum()), "captions": int(caption_gone.sum()), "counts": counts}
