@@ -260,7 +260,7 @@ class TwoBranch(nn.Module):
 
 def is_model_dir(directory: str | Path) -> bool:
     """True for a folder imtext wrote as a model directory (what `--out` of `imtext train` may replace)."""
-    return all((Path(directory) / name).is_file() for name in (CONFIG_FILE, WEIGHTS_FILE))
+    return all((Path(directory) / name).is_file() for name in MODEL_FILES)
 
 
 def refuse_foreign_out(directory: str | Path) -> None:

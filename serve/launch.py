@@ -62,11 +62,12 @@ class ServeHandleInfo:
 def check_dirs(model_dir: str | Path, index_dir: str | Path) -> tuple[Path, Path]:
     """Fail before starting anything when a folder is not what it should be (each message says what to do)."""
     from imtext.collection import read_info
+    from imtext.model import MODEL_FILES
 
     model, index = Path(model_dir).expanduser(), Path(index_dir).expanduser()
     if not model.is_dir():
         raise ImtextError(f"model directory {model} does not exist: train one with `imtext train --out DIR`")
-    missing = [f for f in ("config.yaml", "weights.safetensors", "vocab.json") if not (model / f).is_file()]
+    missing = [f for f in MODEL_FILES if not (model / f).is_file()]
     if missing:
         raise ImtextError(
             f"{model} is not a model directory (missing {', '.join(missing)}); "

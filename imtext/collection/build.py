@@ -26,8 +26,6 @@ from imtext.collection.format import (
     IMAGES_SCHEMA,
     INFO,
     TABLES,
-    check_model,
-    read_info,
 )
 from imtext.collection.search import Collection
 from imtext.embed import CAPTION, IMAGE, embed_collection, embedding_files, write_embeddings
@@ -272,10 +270,9 @@ def add_to_collection(
     from imtext.data import load_pairs, split_names
 
     folder = Path(index_dir)
-    info = read_info(folder)
     model = load_indexing_model(model_dir)
-    check_model(folder, info, model.fingerprint)
-    col = Collection.load(folder, model_fingerprint=model.fingerprint)
+    col = Collection.load(folder, model_fingerprint=model.fingerprint)  # refuses another model's collection
+    info = col.info
     pairs = load_pairs(data_spec, splits=splits)
 
     old_images, old_captions = col.meta.images.table, col.meta.captions.table

@@ -186,7 +186,6 @@ class CollectionMeta:
     captions: Rows
     shards: dict[str, int]  # shard files per kind (from the manifests)
     factory: dict[str, str]
-    manifests: dict[str, dict[str, Any]] = field(repr=False, default_factory=dict)
     examples: list[str] = field(default_factory=list)
 
     @property
@@ -257,6 +256,5 @@ def read_meta(
         captions=Rows(tables["captions"], "caption", str(folder)),
         shards=shards,
         factory={kind: str(m["factory"]) for kind, m in manifests.items()},
-        manifests=manifests,
         examples=example_queries(tables["images"], examples),
     )
