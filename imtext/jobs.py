@@ -107,5 +107,10 @@ def submit(
     print(f"job {job_id}: {status.value}")
     where = model_location("".join(seen) or client.get_job_logs(job_id))
     if status == JobStatus.SUCCEEDED and where:
-        print(f"the model landed at {where} on the cluster (give --out a path on shared storage to keep it)")
+        if "://" in where:  # object storage: reachable from anywhere with the credentials
+            print(f"the model landed at {where}")
+        else:
+            print(
+                f"the model landed at {where} on the cluster (give --out a shared folder or a URI to keep it)"
+            )
     return 0 if status == JobStatus.SUCCEEDED else 1

@@ -25,7 +25,7 @@ def imtext_commands(text: str) -> list[str]:
             r"(?:^|[\s#`$(])(imtext (?:train|tune|index|serve|ui|submit|eval|features|data|demo)\b[^`\n]*)",
             line,
         ):
-            command = m.group(1).strip()
+            command = re.sub(r"\s+#\s.*$", "", m.group(1)).strip()  # a shell comment after the command
             if len(command.split()) > 2:  # a bare `imtext submit` in prose names the command, runs nothing
                 found.append(command)
     return found
@@ -40,7 +40,7 @@ def test_every_yaml_parses():
 
 def test_kuberay_manifests_have_their_kinds():
     kinds = {yaml.safe_load(p.read_text())["kind"] for p in (CLUSTER / "kuberay").glob("*.yaml")}
-    assert kinds == {"RayCluster", "RayJob", "RayService"}
+    assert kinds == {"RayCluster", "RayJob", "RayService", "PersistentVolumeClaim"}
     service = yaml.safe_load((CLUSTER / "kuberay" / "rayservice.yaml").read_text())
     apps = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"]
     assert apps[0]["import_path"] == "serve.app:build_app"

@@ -120,7 +120,7 @@ def write_outputs(grid, spec: dict[str, Any], space: Space, summary: bool = True
         f"{best[f'best_{metric}']:.1f} at epoch {best['best_epoch']}\n"
         f"# retrain: imtext train --config {run_dir / 'best.yaml'}\n" + cfg.to_yaml(),
     )
-    export_model(best["checkpoint"], run_dir / "best_model")
+    export_model(best["checkpoint"], run_dir / "best_model", spec.get("storage", ""))
     plot(rows, spec, run_dir / "plot.png")
     print(
         f"best trial {best['trial_id']}: {metric} {best[f'best_{metric}']:.1f} (epoch {best['best_epoch']}); "
@@ -129,9 +129,17 @@ def write_outputs(grid, spec: dict[str, Any], space: Space, summary: bool = True
     return best
 
 
-def export_model(checkpoint: str, out: Path) -> Path:
-    """Copy a checkpoint into the model-directory format (TwoBranch.load reads it)."""
+def export_model(checkpoint: str, out: Path, storage: str = "") -> Path:
+    """Copy a checkpoint into the model-directory format (TwoBranch.load reads it); a checkpoint in object
+    storage (`storage` a URI: Ray reports its path inside that filesystem) is downloaded first."""
     src = Path(checkpoint)
+    if storage and not src.is_dir():
+        from ray.train import Checkpoint
+
+        from imtext.storage import filesystem
+
+        with Checkpoint(checkpoint, filesystem=filesystem(storage)[0]).as_directory() as local:
+            return export_model(local, out)
     if not src.is_dir():
         raise ImtextError(f"the best checkpoint {src} is gone; rerun the search")
     with atomic_dir(out) as tmp:

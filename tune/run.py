@@ -4,6 +4,10 @@ A trial is either `imtext.train.trial.run_single_worker_trial` (one worker, a pl
 --workers-per-trial > 1, a driver function that runs a TorchTrainer and forwards its reports to Tune with
 TuneReportCallback (Ray 2.60's pattern; `Tuner(trainer)` no longer works). The run folder is the Tune
 experiment folder; tune/results.py writes the tables, best.yaml, best_model/ and plot.png into it.
+
+With `storage` (a URI such as s3://bucket/tune, or a folder every node mounts), the experiment (trial
+checkpoints, Train runs, Tune's state) lives in `<storage>/<run folder name>` instead, and the outputs written
+into the local run folder are copied there at the end.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import os
 from pathlib import Path
 from typing import Any, get_args
 
+from imtext import storage as store
 from imtext.atomic import write_json
 from imtext.config import Config, SelectionMetric, TuneScheduler, TuneSearch
 from imtext.errors import ImtextError
@@ -80,6 +85,13 @@ def resolve_base(
     return cfg.with_absolute_paths().validate()
 
 
+def experiment_path(spec: dict[str, Any]) -> str:
+    """Where Tune keeps the experiment: `<storage>/<run folder name>`, or the run folder itself."""
+    if spec.get("storage"):
+        return store.join(spec["storage"], Path(spec["run_dir"]).name)
+    return spec["run_dir"]
+
+
 def _trainable(spec: dict[str, Any]):
     """The wrapped trainable for a spec (identical on a fresh start and on --resume)."""
     from ray import tune as ray_tune
@@ -90,7 +102,7 @@ def _trainable(spec: dict[str, Any]):
         fn = ray_tune.with_parameters(
             multi_worker_trial,
             base=base,
-            storage=str(Path(spec["run_dir"]) / "train_runs"),
+            storage=store.join(experiment_path(spec), "train_runs"),
             metric=spec["metric"],
         )
         # The driver only waits on the Train run; the workers ask for their own CPUs (and GPUs).
@@ -155,8 +167,10 @@ def run_tune(
     verbose: int = 1,
     summary: bool = True,
     overrides: dict[str, Any] | list[str] | None = None,
+    storage: str | None = None,
 ):
     """Run (or with `resume=RUN_DIR` continue) a search; write the outputs into the run folder.
+    `storage`: a URI or shared folder for the experiment (see the module docstring); default the run folder.
 
     Precedence: base_cfg < the space's `base:` < `overrides` < the sampled params.
     Returns the ResultGrid. Outputs: results.parquet/.csv, best.yaml, best_model/, plot.png.
@@ -210,6 +224,7 @@ def run_tune(
             "cpus_per_trial": cpus_per_trial,
             "gpus_per_trial": gpus_per_trial,
             "workers_per_trial": workers_per_trial,
+            "storage": store.absolute(storage) if storage else "",
         }
         searcher = _searcher(spec, space)  # fail on optuna + grid before anything is written
         write_json(run_dir / SPEC_FILE, spec)
@@ -221,7 +236,7 @@ def run_tune(
     trainable = _trainable(spec)
     if resume:
         print(f"resuming the search in {run_dir}")
-        tuner = ray_tune.Tuner.restore(str(run_dir), trainable=trainable, resume_errored=True)
+        tuner = ray_tune.Tuner.restore(experiment_path(spec), trainable=trainable, resume_errored=True)
     else:
         tuner = ray_tune.Tuner(
             trainable,
@@ -236,7 +251,7 @@ def run_tune(
             ),
             run_config=ray_tune.RunConfig(
                 name=run_dir.name,
-                storage_path=str(run_dir.parent),
+                storage_path=spec["storage"] or str(run_dir.parent),
                 checkpoint_config=ray_tune.CheckpointConfig(
                     num_to_keep=1, checkpoint_score_attribute=metric, checkpoint_score_order="max"
                 ),
@@ -255,12 +270,14 @@ def run_tune(
         if not left:
             raise
         raise ImtextError(f"the search was interrupted before any trial finished an epoch; {hint}") from None
+    if spec.get("storage"):
+        print(f"outputs copied to {store.upload_dir(run_dir, experiment_path(spec))}")
     if left:
         print(
             f"the search was interrupted with {left} trial(s) unfinished; the outputs cover what ran so far; {hint}"
         )
-    elif not grid.num_errors:
-        prune_optimizer_state(run_dir)
+    elif not grid.num_errors and not store.is_uri(experiment_path(spec)):
+        prune_optimizer_state(Path(experiment_path(spec)))
     return grid
 
 

@@ -131,6 +131,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
             gpus_per_trial=args.gpus_per_trial,
             workers_per_trial=args.workers_per_trial,
             overrides=explicit_overrides(args),
+            storage=args.storage,
         )
         run_dir = Path(args.run_dir).resolve()
     spec_path = run_dir / SPEC_FILE

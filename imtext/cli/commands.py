@@ -4,7 +4,6 @@ Each imports what it needs when it runs, so `imtext --help` stays instant."""
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from imtext.cli.config_flags import load_config
 from imtext.errors import ImtextError
@@ -92,7 +91,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         result = fit(cfg, resume=args.resume)
         best = read_metrics(cfg.train.out).get("best", result.metrics)
     print_metrics(best, title=f"best validation epoch ({best.get('epoch', '?')})")
-    print(f"model directory: {Path(cfg.train.out).resolve()}")
+    from imtext.storage import absolute
+
+    print(f"model directory: {absolute(cfg.train.out)}")  # a URI stays a URI
     return 0
 
 

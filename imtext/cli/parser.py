@@ -223,6 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers-per-trial", type=int, default=1, help=">1 runs each trial as a Ray Train run"
     )
     tune.add_argument("--run-dir", default="runs/tune", metavar="DIR")
+    tune.add_argument(
+        "--storage",
+        metavar="URI_OR_DIR",
+        help="keep the experiment (trials, checkpoints) in URI_OR_DIR/<run-dir name> (s3://, gs://, file://, "
+        "or a folder every node mounts) and copy the outputs there; default: the run folder",
+    )
     tune.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted search")
     _ray_options(tune)
     add_config_options(tune)
