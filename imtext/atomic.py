@@ -15,10 +15,34 @@ from typing import Any
 from imtext.errors import ImtextError
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
+def _proc_umask() -> int | None:
+    """The process's umask as Linux reports it (/proc/self/status, kernel 4.7+), read without changing it."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _umask_at_import() -> int:
+    mask = _proc_umask()
+    if mask is None:  # no /proc: read it the only portable way, once, while the module is imported
+        mask = os.umask(0o022)
+        os.umask(mask)
     return mask
+
+
+_UMASK_AT_IMPORT = _umask_at_import()
+
+
+def _umask() -> int:
+    """The current umask where the system tells it without a change (Linux); else the one at import. Never
+    os.umask(): setting it, even for a moment, changes it for every thread of the process."""
+    mask = _proc_umask()
+    return _UMASK_AT_IMPORT if mask is None else mask
 
 
 def _publish_mode(path: Path, directory: bool) -> None:

@@ -32,7 +32,13 @@ from ray import serve
 from imtext.collection.format import read_meta
 from imtext.errors import ImtextError
 from serve.encoders import ImageEncoder, TextEncoder
-from serve.ingress import ENCODER_TIMEOUT_S, RELOAD_TIMEOUT_S, SHARD_TIMEOUT_S, SearchAPI
+from serve.ingress import (
+    ENCODER_TIMEOUT_S,
+    RELOAD_TIMEOUT_S,
+    REQUEST_TIMEOUT_S,
+    SHARD_TIMEOUT_S,
+    SearchAPI,
+)
 from serve.shards import IndexShard
 
 DeploymentOptions = dict[str, Any]
@@ -54,6 +60,11 @@ class AppArgs(BaseModel):
         description="POST /admin/reload's token; default $IMTEXT_ADMIN_TOKEN, "
         "admin endpoints off without one",
     )
+    index_root: str | None = Field(
+        None,
+        description="the folder POST /admin/reload may load collections from (relative index_dir values "
+        "are taken from it); default: the folder index_dir lies in",
+    )
     shard_slots: int | None = Field(
         None,
         description="shard replicas to run; default (None or 0): the "
@@ -62,6 +73,9 @@ class AppArgs(BaseModel):
     encoder_timeout_s: float = ENCODER_TIMEOUT_S
     shard_timeout_s: float = SHARD_TIMEOUT_S
     reload_timeout_s: float = RELOAD_TIMEOUT_S
+    request_timeout_s: float = Field(
+        REQUEST_TIMEOUT_S, gt=0, description="a whole search, past which the client gets a 503"
+    )
     release_after_s: float | None = Field(
         None, description="how long shards keep a swapped-out collection; default: the two timeouts + 1 s"
     )
@@ -121,6 +135,9 @@ def build_app(args: AppArgs) -> serve.Application:
         args = parse_args(args)
     model_dir = str(Path(args.model_dir).expanduser().resolve())
     index_dir = str(Path(args.index_dir).expanduser().resolve())
+    index_root = str(Path(args.index_root or Path(index_dir).parent).expanduser().resolve())
+    if not Path(index_dir).is_relative_to(index_root):
+        raise ImtextError(f"index_dir {index_dir} is outside index_root {index_root}")
     model = model_meta(model_dir)
     meta = read_meta(index_dir, model["fingerprint"])  # refuse a mismatched collection before deploying
     slots = args.shard_slots or max(meta.shards.values())
@@ -152,4 +169,6 @@ def build_app(args: AppArgs) -> serve.Application:
         shard_timeout_s=args.shard_timeout_s,
         reload_timeout_s=args.reload_timeout_s,
         release_after_s=args.release_after_s,
+        index_root=index_root,
+        request_timeout_s=args.request_timeout_s,
     )

@@ -113,11 +113,14 @@ def start(
     app_name: str = APP_NAME,
     options: dict[str, Any] | None = None,
     wait_s: float = 300.0,
+    request_timeout_s: float = 60.0,
 ) -> ServeHandleInfo:
     """Deploy the app on `host:port` and return once GET /healthz answers.
 
     Uses the Ray already initialised in this process, else connects to `address` / $RAY_ADDRESS, else starts
-    a local Ray. `options` are extra build_app arguments (timeouts, batch sizes, deployment options).
+    a local Ray. `options` are extra build_app arguments (timeouts, batch sizes, deployment options, the
+    index_root of POST /admin/reload). `request_timeout_s` is the HTTP proxy's last-resort deadline (the app
+    answers 503 itself long before it), as serve/config.yaml sets it.
     """
     import ray
     from ray import serve
@@ -139,7 +142,7 @@ def start(
         started_ray=started_ray,
     )
     try:
-        serve.start(http_options={"host": host, "port": port})
+        serve.start(http_options={"host": host, "port": port, "request_timeout_s": request_timeout_s})
         serve.run(app, name=app_name, route_prefix="/", blocking=False)
         wait_healthy(info.url, wait_s)
     except BaseException:

@@ -345,3 +345,15 @@ def test_load_image_bad_files(tmp_path):
         load_image(tmp_path / "text.png")
     with pytest.raises(DataError, match=r"image not found: .*missing\.png"):
         load_image(tmp_path / "missing.png")
+
+
+def test_image_roots_name_each_source_folder(tmp_path):
+    from imtext.data import image_roots
+
+    real = tmp_path.resolve()
+    assert image_roots(f"coco:{tmp_path}") == [str(real)]
+    assert image_roots(f"flickr8k:{tmp_path}") == [str(real)]
+    assert image_roots(f"karpathy:{tmp_path / 'd.json'}") == [str(real)]
+    assert image_roots(f"karpathy:{tmp_path / 'd.json'},{tmp_path / 'imgs'}") == [str(real / "imgs")]
+    assert image_roots(f"manifest:{tmp_path / 'm.csv'}") == [str(real)]
+    assert image_roots(f"synth:{tmp_path / 'w'}") == [str(real / "w")]

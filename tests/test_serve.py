@@ -72,7 +72,7 @@ def local(tiny_model, collections):
 
 
 @pytest.fixture(scope="module")
-def api(ray_session, tiny_model, collections):
+def api(ray_session, tiny_model, collections, tmp_path_factory):
     from serve.launch import start
 
     running = start(
@@ -81,7 +81,13 @@ def api(ray_session, tiny_model, collections):
         host="127.0.0.1",
         port=free_port(),
         admin_token=TOKEN,
-        options={"shard_timeout_s": 3.0, "encoder_timeout_s": 20.0, "release_after_s": 2.0},
+        options={
+            "shard_timeout_s": 3.0,
+            "encoder_timeout_s": 20.0,
+            "release_after_s": 2.0,
+            # reloads may name any test's folder (the grown-in-place one lives in its own tmp_path)
+            "index_root": str(tmp_path_factory.getbasetemp()),
+        },
     )
     try:
         yield running
@@ -337,11 +343,8 @@ def test_search_text_matches_in_process_and_finds_the_image(client, local):
         rows = col.image_rows(i1[0])
         for h, row in zip(hits, rows):
             if h["id"] == row["id"]:
-                assert (h["image_id"], h["caption"], h["image_url"]) == (
-                    row["image_id"],
-                    row["caption"],
-                    f"/images/{row['id']}",
-                )
+                assert (h["image_id"], h["caption"]) == (row["image_id"], row["caption"])
+                assert h["image_url"] == f"/images/{row['id']}?v={col.meta.version}"
 
 
 @pytest.mark.ray
@@ -548,8 +551,12 @@ def test_admin_reload_refuses_bad_requests_and_changes_nothing(client, collectio
         "too_many_shards",
     )
     assert_error(
-        client.post("/admin/reload", json={"index_dir": "/no/such/dir"}, headers=auth), 400, "bad_index"
+        client.post("/admin/reload", json={"index_dir": "/no/such/dir"}, headers=auth),
+        403,
+        "outside_index_root",
     )
+    no_such = str(collections["A"].parent / "no-such-collection")  # inside the root, but not there
+    assert_error(client.post("/admin/reload", json={"index_dir": no_such}, headers=auth), 400, "bad_index")
     resp = client.post("/admin/reload", json={"index_dir": str(collections["corrupt"])}, headers=auth)
     assert_error(resp, 400, "bad_index")
     assert "corrupt" in resp.json()["error"]["message"]
@@ -633,3 +640,320 @@ def test_reload_picks_up_a_collection_grown_in_place(client, collections, tiny_m
         "/search/image", files={"file": ("new.png", path.read_bytes(), "image/png")}, data={"k": "3"}
     ).json()
     assert body["images"][0]["id"] == new_id
+
+
+# ---- hardening against whole classes of input (#13) ---------------------------------------------------
+
+
+def _image_bytes(size: tuple[int, int], fmt: str = "PNG", color=(200, 40, 40)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def test_decode_image_caps_the_aspect_ratio_shrinks_big_photos_and_answers_any_exception(monkeypatch):
+    from PIL import Image as PILImage
+
+    from serve.uploads import Rejected, decode_image
+
+    # a long, thin strip passes the pixel cap but would explode in a resize: refused from its header
+    r = decode_image(_image_bytes((20_000, 10)))
+    assert isinstance(r, Rejected) and (r.status, r.code) == (400, "bad_aspect_ratio")
+    assert not isinstance(decode_image(_image_bytes((200, 10))), Rejected)  # 20:1 is still fine
+    # a big JPEG is decoded small (draft) and reduced: the shorter side stays at least min_side
+    big = _image_bytes((3000, 2000), "JPEG")
+    t0 = time.perf_counter()
+    small = decode_image(big, min_side=128)
+    assert not isinstance(small, Rejected) and 128 <= min(small.size) < 256, small.size
+    assert small.size[0] > small.size[1]  # the aspect is kept
+    assert time.perf_counter() - t0 < 2.0
+    assert decode_image(big).size == (3000, 2000)  # no min_side: full size, as before
+    # whatever a decoder raises is that upload's 400, never an exception into the batch
+    for exc in (RuntimeError("decoder bug"), MemoryError(), ZeroDivisionError(), KeyError("x")):
+
+        def broken(*_a, exc=exc, **_k):
+            raise exc
+
+        monkeypatch.setattr(PILImage, "open", broken)
+        r = decode_image(b"\x89PNG\r\n\x1a\n....")
+        assert isinstance(r, Rejected) and (r.status, r.code) == (400, "bad_image"), (exc, r)
+
+
+def test_encoders_answer_each_input_alone(tiny_model):
+    """One bad query or image in a @serve.batch gets its own Rejected; the others in the batch still get
+    their vectors (the classes are called directly, without Serve)."""
+    import numpy as np
+
+    from imtext.model import TwoBranch
+    from serve.encoders import ImageEncoder, TextEncoder
+    from serve.uploads import Rejected
+
+    text = object.__new__(TextEncoder.func_or_class)
+    text.model = TwoBranch.load(tiny_model)
+    known = next(w for w in text.model.vocab.words[2:] if w.isalpha())
+    out = text._embed([f"a {known}", "zzqx blorf zzqx", "!!! ???", f"{known} zzqx", "\ud800 " + known])
+    vec, unknown = out[0]
+    assert vec.shape == (text.model.embed_dim,) and unknown == ([] if "a" in text.model.vocab else ["a"])
+    assert isinstance(out[1], Rejected) and (out[1].status, out[1].code) == (400, "no_known_words")
+    assert out[1].details == {"unknown_words": ["zzqx", "blorf"]}
+    assert "not in the vocabulary: zzqx, blorf" in out[1].message
+    assert isinstance(out[2], Rejected) and out[2].details == {"unknown_words": []}
+    assert out[3][1] == ["zzqx"] and np.allclose(np.linalg.norm(out[3][0]), 1.0, atol=1e-5)
+    assert not isinstance(out[4], Rejected)
+
+    class Model:  # breaks on one particular image, like a transform that fails on one input
+        def embed_images(self, images):
+            if any(im.size == (13, 13) for im in images):
+                raise RuntimeError("cannot transform this one")
+            return np.ones((len(images), 4), np.float32)
+
+    image = object.__new__(ImageEncoder.func_or_class)
+    image.model, image.min_side = Model(), 128
+    good, bad = _image_bytes((32, 24)), _image_bytes((13, 13))
+    out = image._embed([good, bad, b"not an image", good])
+    assert [type(o).__name__ for o in out] == ["ndarray", "Rejected", "Rejected", "ndarray"]
+    assert (out[1].code, out[2].code) == ("bad_image", "not_an_image")
+
+
+def test_call_answers_replica_refusals_and_full_queues():
+    import asyncio
+
+    from ray.serve.exceptions import BackPressureError
+
+    from serve.errors import ApiError, Refusal, call
+
+    class FakeResponse:
+        def __init__(self, exc):
+            self.exc = exc
+
+        def __await__(self):
+            async def body():
+                raise self.exc
+
+            return body().__await__()
+
+        def cancel(self):
+            pass
+
+    class Wrapped(Exception):  # what a RayTaskError looks like: the replica's exception as `cause`
+        def __init__(self, cause):
+            super().__init__("remote")
+            self.cause = cause
+
+    async def run(exc):
+        try:
+            await call(FakeResponse(exc), 5.0, "index shard")
+        except ApiError as e:
+            return e
+
+    refused = asyncio.run(run(Wrapped(Refusal(503, "index_changed", "changed on disk"))))
+    assert (refused.status, refused.code, refused.message) == (503, "index_changed", "changed on disk")
+    full = asyncio.run(run(BackPressureError(num_queued_requests=9, max_queued_requests=8)))
+    assert (full.status, full.code) == (503, "unavailable")
+    import pickle
+
+    again = pickle.loads(pickle.dumps(Refusal(409, "x", "y")))  # Ray ships it back pickled
+    assert (again.status, again.code, again.message) == (409, "x", "y")
+
+
+def test_every_deployment_has_a_bounded_queue():
+    from serve.encoders import ImageEncoder, TextEncoder
+    from serve.ingress import SearchAPI
+    from serve.shards import IndexShard
+
+    for d in (SearchAPI, TextEncoder, ImageEncoder, IndexShard):
+        assert d.max_ongoing_requests and 0 < d.max_queued_requests <= 4 * d.max_ongoing_requests, d.name
+
+
+def test_search_deadline_answers_503():
+    import asyncio
+    from types import SimpleNamespace
+
+    from serve.errors import ApiError
+    from serve.ingress import SearchAPI
+
+    within = SearchAPI.func_or_class._within_deadline  # called on a stand-in: no replica to build
+    with pytest.raises(ApiError) as e:
+        asyncio.run(within(SimpleNamespace(request_timeout_s=0.05), asyncio.sleep(5)))
+    assert (e.value.status, e.value.code) == (503, "timeout")
+
+
+def test_malformed_collections_are_imtext_errors(collections, tmp_path):
+    from imtext.collection import read_meta
+
+    for name, change in {
+        "counts": lambda info: info.update(counts="many"),
+        "files": lambda info: info.update(files=[1, 2]),
+        "shards": lambda info: info.update(shards={"x": []}),
+    }.items():
+        bad = shutil.copytree(collections["B"], tmp_path / name)
+        info = json.loads((bad / "collection.json").read_text())
+        change(info)
+        (bad / "collection.json").write_text(json.dumps(info))
+        if name == "shards":  # a manifest whose shard list is a number
+            m = json.loads((bad / "images" / "manifest.json").read_text())
+            m["shards"] = 7
+            (bad / "images" / "manifest.json").write_text(json.dumps(m))
+        with pytest.raises(ImtextError):
+            read_meta(bad)
+    with pytest.raises(ImtextError, match="not a usable folder name"):
+        read_meta("bad\0name")
+    assert read_meta(collections["B"]).images.get(10**30) is None  # no int64 holds it: no row, no error
+
+
+def test_reload_is_confined_to_the_index_root(collections, tmp_path):
+    from serve.errors import ApiError
+    from serve.swap import confine, open_collection
+
+    root = collections["A"].parent
+    assert confine("B", str(root)) == str(collections["B"].resolve())  # relative: from the root
+    assert confine(str(collections["B"]), str(root)) == str(collections["B"].resolve())
+    (root / "escape").symlink_to(tmp_path, target_is_directory=True)
+    for outside in ("/etc", "../", "B/../../..", str(tmp_path), "escape"):
+        with pytest.raises(ApiError) as e:
+            confine(outside, str(root))
+        assert (e.value.status, e.value.code) == (403, "outside_index_root"), outside
+    (root / "escape").unlink()
+    with pytest.raises(ApiError) as e:
+        confine("B\0", str(root))
+    assert e.value.status == 400
+    fp = json.loads((collections["B"] / "collection.json").read_text())["model_fingerprint"]
+    with pytest.raises(ApiError) as e:
+        open_collection("/etc", fp, 2, str(root))
+    assert e.value.status == 403
+
+
+def test_images_are_served_only_from_the_image_roots_and_only_if_images(collections, synth_world, tmp_path):
+    from imtext.collection import read_meta
+    from serve.errors import ApiError
+    from serve.ingress import image_media_type, read_image_file
+
+    meta = read_meta(collections["A"])
+    assert meta.image_roots == [str(synth_world.resolve())]  # recorded at build: the data source's folder
+    row = meta.images.get(3)
+    data, media = read_image_file(meta, 3, row["image_path"])
+    assert data == Path(row["image_path"]).read_bytes() and media == "image/png"
+    secret = tmp_path / "secret.png"  # named like an image, outside the roots
+    secret.write_bytes(Path(row["image_path"]).read_bytes())
+    link = synth_world / "images" / "link-to-outside.png"  # inside the roots, pointing out
+    link.symlink_to(secret)
+    not_image = synth_world / "notes.png"  # inside the roots, not an image
+    not_image.write_text("root:x:0:0")
+    try:
+        for path in ("/etc/passwd", str(secret), str(link), str(not_image), "/no/such/file.png"):
+            with pytest.raises(ApiError) as e:
+                read_image_file(meta, 3, path)
+            assert (e.value.status, e.value.code) == (404, "image_missing"), path
+    finally:
+        link.unlink()
+        not_image.unlink()
+    assert image_media_type(b"\xff\xd8\xff\xe0") == "image/jpeg"
+    assert image_media_type(b"RIFF1234WEBPVP8 ") == "image/webp"
+    assert image_media_type(b"<svg>") is None
+
+
+def test_shard_replica_checks_the_version_it_loads_and_survives_a_vanished_folder(collections, tmp_path):
+    import asyncio
+
+    from imtext.collection.format import collection_version
+    from serve.errors import Refusal
+    from serve.shards import IndexShard
+
+    folder = shutil.copytree(collections["B"], tmp_path / "B")
+    fp = json.loads((folder / "collection.json").read_text())["model_fingerprint"]
+    old = collection_version(folder)
+    q = np.ones((1, json.loads((folder / "collection.json").read_text())["dim"]), np.float32)
+
+    replica = IndexShard.func_or_class(0, str(folder), fp)
+    scores, ids = asyncio.run(replica.search(str(folder), old, "images", q, 3))
+    assert ids.shape == (1, 3)
+    # the folder changes on disk (as `imtext index add` in place would): what is held keeps serving, but
+    # a replica that has to load it (a restart) refuses to pass the new files off as the old version
+    info = json.loads((folder / "collection.json").read_text())
+    info["updated"] = "later"
+    (folder / "collection.json").write_text(json.dumps(info))
+    assert asyncio.run(replica.search(str(folder), old, "images", q, 3))[1].shape == (1, 3)
+    restarted = IndexShard.func_or_class(0, str(folder), fp)
+    with pytest.raises(Refusal) as e:
+        asyncio.run(restarted.search(str(folder), old, "images", q, 3))
+    assert (e.value.status, e.value.code) == (503, "index_changed")
+    # a start-up folder that is gone: the replica still starts, and says what is missing when asked
+    shutil.rmtree(folder)
+    orphan = IndexShard.func_or_class(0, str(folder), fp)
+    assert orphan.held() == []
+    with pytest.raises(Refusal) as e:
+        asyncio.run(orphan.search(str(folder), old, "images", q, 3))
+    assert (e.value.status, e.value.code) == (503, "index_missing")
+    b = str(collections["B"].resolve())
+    assert asyncio.run(orphan.search(b, collection_version(b), "images", q, 3))[1].shape == (1, 3)
+
+
+def _chunks(data: bytes, size: int = 64 * 1024):
+    for i in range(0, len(data), size):
+        yield data[i : i + size]
+
+
+@pytest.mark.ray
+def test_hostile_inputs_get_4xx_never_500(client, local, collections):
+    _, col = local
+    # text the server cannot encode (a lone surrogate, as JSON allows) is cleaned, not a 500
+    raw = b'{"query": "a red circle \\ud800 left", "k": 3}'
+    resp = client.post("/search/text", content=raw, headers={"content-type": "application/json"})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["query"] == "a red circle \ufffd left"
+    # no known word: a clear 400 that lists the words; some unknown: 200 that lists them
+    resp = client.post("/search/text", json={"query": "zzqx blorf", "k": 3})
+    assert_error(resp, 400, "no_known_words")
+    assert resp.json()["error"]["unknown_words"] == ["zzqx", "blorf"]
+    body = client.post("/search/text", json={"query": "a red circle zzqx", "k": 3}).json()
+    assert body["unknown_words"] == ["zzqx"] and len(body["results"]) == 3
+    # ids out of any real range
+    for bad in ("99999999999999999999999999", "-99999999999999999999", str(2**63), str(2**63 - 1)):
+        assert_error(client.get(f"/images/{bad}"), 404, "not_found")
+    # images over the aspect-ratio cap
+    strip = _image_bytes((8000, 20))
+    assert_error(
+        client.post("/search/image", files={"file": ("s.png", strip, "image/png")}), 400, "bad_aspect_ratio"
+    )
+    # bodies counted as they stream: chunked (no Content-Length) JSON and uploads stop at the limit
+    big_json = b'{"query": "' + b"a" * 200_000 + b'", "k": 3}'
+    resp = client.post(
+        "/search/text", content=_chunks(big_json), headers={"content-type": "application/json"}
+    )
+    assert "content-length" not in resp.request.headers
+    assert_error(resp, 413, "body_too_large")
+    boundary = "imtextboundary"
+    upload = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n'
+            "Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + b"\0" * (11 * 2**20)
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    resp = client.post(
+        "/search/image",
+        content=_chunks(upload),
+        headers={"content-type": f"multipart/form-data; boundary={boundary}"},
+    )
+    assert_error(resp, 413, "upload_too_large")
+    assert_error(
+        client.post("/admin/reload", json={"index_dir": "x" * 100_000}, headers={"Authorization": "x"}),
+        413,
+        "body_too_large",
+    )
+    # a malformed collection inside the root is a 400; a relative escape is a 403
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    bad = collections["A"].parent / "malformed"
+    if not bad.exists():
+        shutil.copytree(collections["B"], bad)
+        info = json.loads((bad / "collection.json").read_text())
+        info["counts"] = "lots"
+        (bad / "collection.json").write_text(json.dumps(info))
+    assert_error(client.post("/admin/reload", json={"index_dir": str(bad)}, headers=auth), 400, "bad_index")
+    assert_error(
+        client.post("/admin/reload", json={"index_dir": "../../../../etc"}, headers=auth),
+        403,
+        "outside_index_root",
+    )
+    assert client.post("/search/text", json={"query": "a red circle", "k": 3}).status_code == 200

@@ -468,3 +468,69 @@ def test_imtext_ui_command_serves_the_page_and_stops_on_ctrl_c(tmp_path):
                 proc.kill()
     assert proc.returncode == 0, out
     assert f"http://127.0.0.1:{port}/" in out and "Traceback" not in out
+
+
+# -- #13: unknown words, the image cache, the upload limit (no browser) ------------------------------
+
+
+def test_unknown_words_reach_the_page():
+    from ui.app import unknown_words_note
+
+    assert unknown_words_note(["zzqx", "*blorf*"]) == r" Not in the vocabulary: zzqx, \*blorf\*."
+    assert unknown_words_note([]) == "" and unknown_words_note(None) == ""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        msg = "No word of the query is in the model's vocabulary (not in the vocabulary: zzqx, blorf)."
+        err = {"code": "no_known_words", "message": msg, "unknown_words": ["zzqx", "blorf"]}
+        return httpx.Response(400, json={"error": err})
+
+    with ApiClient("http://api.invalid", transport=httpx.MockTransport(handler)) as client:
+        with pytest.raises(ApiError, match="not in the vocabulary: zzqx, blorf") as e:
+            client.search_text("zzqx blorf", 3)
+    assert (e.value.status, e.value.code, e.value.unknown_words) == (400, "no_known_words", ["zzqx", "blorf"])
+
+
+def test_image_cache_is_keyed_by_collection_version_and_bounded_in_bytes():
+    import io as _io
+
+    from PIL import Image as PILImage
+
+    served: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        served.append(str(request.url.params.get("v")))
+        color = (255, 0, 0) if request.url.params.get("v") == "one" else (0, 0, 255)
+        buf = _io.BytesIO()
+        PILImage.new("RGB", (2000, 1000), color).save(buf, format="PNG")
+        return httpx.Response(200, content=buf.getvalue(), headers={"content-type": "image/png"})
+
+    budget = 768 * 384 * 3 * 2  # room for two cached images
+    with ApiClient(
+        "http://api.invalid", transport=httpx.MockTransport(handler), cache_bytes=budget
+    ) as client:
+        a = client.image(1, "/images/1?v=one")
+        assert max(a.size) <= 768 and a.getpixel((0, 0)) == (255, 0, 0)  # shrunk for the gallery
+        assert client.image(1, "/images/1?v=one") is a  # cached
+        b = client.image(1, "/images/1?v=two")  # the same id after a reload: fetched again, not stale
+        assert b.getpixel((0, 0)) == (0, 0, 255) and served == ["one", "two"]
+        client.image(2, "/images/2?v=two")
+        assert len(client._cache) == 2 and client._cached_bytes() <= budget  # the oldest went
+
+
+def test_page_refuses_uploads_over_the_api_limit(monkeypatch):
+    """launch() passes Gradio the same 10 MB limit the API has."""
+    import gradio as gr
+
+    from serve.uploads import MAX_UPLOAD_BYTES
+    from ui import app as ui_app
+
+    seen = {}
+
+    def fake_launch(self, **kwargs):
+        seen.update(kwargs)
+        raise OSError(98, "stop here")
+
+    monkeypatch.setattr(gr.Blocks, "launch", fake_launch)
+    with pytest.raises(ImtextError):
+        ui_app.launch(f"http://127.0.0.1:{free_port()}", port=free_port(), block=False)
+    assert seen["max_file_size"] == ui_app.MAX_UPLOAD == f"{MAX_UPLOAD_BYTES // 2**20}mb"

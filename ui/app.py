@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 TITLE = "imtext — image ⇄ text search"
 K_DEFAULT, K_MAX = 8, 50
+MAX_UPLOAD = "10mb"  # what the API accepts (serve/uploads.py MAX_UPLOAD_BYTES); Gradio refuses more
 
 CSS = """
 .gradio-container { max-width: 1240px !important; margin: 0 auto !important; }
@@ -134,6 +135,13 @@ def captions_html(captions: list[dict[str, Any]]) -> str:
     return f'<div class="imtext-captions" id="captions-list"><ol>{"".join(rows)}</ol></div>'
 
 
+def unknown_words_note(words: Any) -> str:
+    """' Not in the vocabulary: a, b.' for the query's words the model does not know ('' for none)."""
+    if not isinstance(words, list) or not words:
+        return ""
+    return f" Not in the vocabulary: {md_escape(', '.join(str(w) for w in words))}."
+
+
 def md_escape(text: str) -> str:
     """Show API text literally in a Markdown component (a message or query with `*` or `_` in it).
     URLs are left alone: Markdown links them, and escapes inside a link would show as backslashes."""
@@ -184,6 +192,7 @@ def build_page(api_url: str, client: ApiClient | None = None) -> gr.Blocks:
                 if hits
                 else f"No images found for “{md_escape(query)}”."
             )
+            status += unknown_words_note(res.get("unknown_words"))
             return gallery_items(hits), status, footer_text(state.info, state.info_error, res)
         except Exception as e:  # never a traceback in the browser
             return [], fail(e), footer_text(state.info, state.info_error)
@@ -349,6 +358,7 @@ def launch(
             quiet=True,
             ssr_mode=False,
             show_error=False,
+            max_file_size=MAX_UPLOAD,
             footer_links=["gradio", "settings"],
             theme=theme(),
             css=CSS,

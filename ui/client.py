@@ -27,16 +27,25 @@ class ApiError(ImtextError):
     """The API could not answer: `code` is the API's error code (or a client-side one), `status` the HTTP
     status (0 when no reply came back at all)."""
 
-    def __init__(self, message: str, code: str = "error", status: int = 0) -> None:
+    def __init__(
+        self, message: str, code: str = "error", status: int = 0, unknown_words: list[str] | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.code = code
         self.status = status
+        self.unknown_words = list(unknown_words or [])  # no_known_words: the query's words the model lacks
+
+
+CACHED_SIDE = 768  # images are kept at most this large (the galleries show them at 190-400 px)
+CACHE_BYTES = 128 * 2**20  # decoded pixels the cache may hold in all
 
 
 class ApiClient:
     """Thread-safe client (Gradio runs handlers in a thread pool); images are cached in a small LRU because
-    the same top results come back query after query."""
+    the same top results come back query after query. The cache is keyed by the image's URL, which names
+    the collection version (`?v=`), so a reload never shows a stale photo under a reused id; it holds
+    images shrunk to CACHED_SIDE and at most `cache_bytes` of pixels (and `cache_size` images)."""
 
     def __init__(
         self,
@@ -44,13 +53,15 @@ class ApiClient:
         timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
         cache_size: int = 256,
         transport: httpx.BaseTransport | None = None,
+        cache_bytes: int = CACHE_BYTES,
     ):
         self.base_url = base_url.rstrip("/")
         self._http = httpx.Client(
             base_url=self.base_url, timeout=timeout, follow_redirects=True, transport=transport
         )
-        self._cache: OrderedDict[int, Image.Image] = OrderedDict()
+        self._cache: OrderedDict[str, Image.Image] = OrderedDict()
         self._cache_size = cache_size
+        self._cache_bytes = cache_bytes
         self._lock = threading.Lock()
 
     # -- endpoints -------------------------------------------------------------------------------------
@@ -90,24 +101,32 @@ class ApiClient:
         )
 
     def image(self, image_id: int, url: str | None = None) -> Image.Image:
-        """The image behind a result, decoded (and cached) here: the browser may not reach the API host."""
+        """The image behind a result, decoded (and cached) here: the browser may not reach the API host.
+        `url` is the hit's `image_url` (it names the collection version the id belongs to)."""
+        key = url or f"/images/{image_id}"
         with self._lock:
-            if image_id in self._cache:
-                self._cache.move_to_end(image_id)
-                return self._cache[image_id]
-        resp = self._request("GET", url or f"/images/{image_id}")
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        resp = self._request("GET", key)
         try:
             img = Image.open(io.BytesIO(resp.content))
             img.load()
-        except (UnidentifiedImageError, OSError) as e:
+            img.thumbnail((CACHED_SIDE, CACHED_SIDE))
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
             raise ApiError(
                 f"The API sent image {image_id} in a form that cannot be decoded.", "bad_image"
             ) from e
         with self._lock:
-            self._cache[image_id] = img
-            while len(self._cache) > self._cache_size:
+            self._cache[key] = img
+            while len(self._cache) > 1 and (
+                len(self._cache) > self._cache_size or self._cached_bytes() > self._cache_bytes
+            ):
                 self._cache.popitem(last=False)
         return img
+
+    def _cached_bytes(self) -> int:
+        return sum(im.width * im.height * len(im.getbands()) for im in self._cache.values())
 
     def close(self) -> None:
         self._http.close()
@@ -161,7 +180,7 @@ class ApiClient:
 
 def _error_from(resp: httpx.Response) -> ApiError:
     """The API's own message when it sent one (`{"error": {...}}`, or FastAPI's `{"detail": ...}`)."""
-    code, message = f"http_{resp.status_code}", ""
+    code, message, unknown = f"http_{resp.status_code}", "", None
     try:
         body = resp.json()
     except ValueError:
@@ -171,9 +190,11 @@ def _error_from(resp: httpx.Response) -> ApiError:
         if isinstance(err, dict):
             code = str(err.get("code") or code)
             message = str(err.get("message") or "")
+            if isinstance(err.get("unknown_words"), list):
+                unknown = [str(w) for w in err["unknown_words"]]
         elif isinstance(body.get("detail"), str):
             message = body["detail"]
     if not message:
         reason = resp.reason_phrase or "error"
         message = f"The search API answered {resp.status_code} {reason}."
-    return ApiError(message, code, resp.status_code)
+    return ApiError(message, code, resp.status_code, unknown)

@@ -26,6 +26,7 @@ from imtext.collection.format import (
     IMAGES_SCHEMA,
     INFO,
     TABLES,
+    image_roots_of,
 )
 from imtext.collection.search import Collection
 from imtext.embed import CAPTION, IMAGE, embed_collection, embedding_files, write_embeddings
@@ -172,7 +173,7 @@ def build_collection(
 ) -> Path:
     """Embed every image and caption of `data_spec` (`splits`, default all) with the model and write the
     collection to `out` (replacing an earlier collection there, atomically). Returns the folder."""
-    from imtext.data import load_pairs, split_names
+    from imtext.data import image_roots, load_pairs, split_names
 
     out = Path(out)
     refuse_foreign(out, (out / INFO).is_file(), "an imtext collection")  # atomic_dir replaces it whole
@@ -208,6 +209,7 @@ def build_collection(
             "model_fingerprint": model.fingerprint,
             "model_dir": str(Path(model_dir).resolve()),
             "data": data_spec,
+            "image_roots": image_roots_of(images.column("image_path").to_pylist(), image_roots(data_spec)),
             "splits": split_names(pairs),
             "created": _now(),
             "counts": {"images": len(images), "captions": len(captions)},
@@ -267,7 +269,7 @@ def add_to_collection(
     collection lacks, under new ids, without rebuilding. The model must be the one the collection was
     built with. Returns {"images": added, "captions": added, "counts": totals, "image_ids": [...],
     "caption_ids": [...]}."""
-    from imtext.data import load_pairs, split_names
+    from imtext.data import image_roots, load_pairs, split_names
 
     folder = Path(index_dir)
     model = load_indexing_model(model_dir)
@@ -326,7 +328,12 @@ def add_to_collection(
             rows.append(_summary_row(name, f"{idx.ntotal} (+{len(new)})", idx, start))
         counts = {"images": col.images.ntotal, "captions": col.captions.ntotal}
         new_info = dict(info)
+        # a collection from before image_roots were recorded: its own images' folders stand in for them
+        old_roots = col.meta.image_roots or image_roots_of(old_images.column("image_path").to_pylist(), [])
         new_info.update(
+            image_roots=image_roots_of(
+                images.column("image_path").to_pylist(), old_roots + image_roots(data_spec)
+            ),
             counts=counts,
             files=files,
             splits=sorted(set(info.get("splits") or []) | set(split_names(pairs)), key=_split_order),

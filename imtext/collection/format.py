@@ -3,7 +3,8 @@
 Layout of INDEX_DIR (written by `imtext index build`, grown by `imtext index add`):
 
     collection.json    format_version, model_fingerprint, model_dir, data, splits, created, counts, factory,
-                       shards, files (sha256 of the two parquet tables)
+                       shards, files (sha256 of the two parquet tables), image_roots (the folders its
+                       image files lie in: nothing outside them is ever read or served as its image)
     images/            ShardedIndex folder; ids = images.parquet `id`
     images.parquet     id, image_id, image_path, caption (the image's first caption)
     captions/          ShardedIndex folder; ids = captions.parquet `id`
@@ -49,6 +50,32 @@ CAPTIONS_SCHEMA = pa.schema(
     ]
 )
 TABLES = {"images": (IMAGES_PARQUET, IMAGES_SCHEMA), "captions": (CAPTIONS_PARQUET, CAPTIONS_SCHEMA)}
+
+
+def image_roots_of(paths: Any, base: list[str]) -> list[str]:
+    """`base` (a data source's image folders) plus the folder of every path in `paths` outside them (a
+    manifest may list photos elsewhere on purpose), all absolute with links resolved, sorted."""
+    roots = [str(Path(r).resolve()) for r in base]
+    extra = set()
+    for p in dict.fromkeys(paths):
+        real = Path(p).resolve()
+        if not any(real.is_relative_to(r) for r in roots):
+            extra.add(str(real.parent))
+    return sorted(set(roots) | extra)
+
+
+def confined_path(path: str | os.PathLike, roots: list[str] | None) -> Path | None:
+    """The real file behind `path` (links resolved) when it exists and lies within one of `roots`; None
+    otherwise. `roots` None (a collection written before image_roots were recorded) skips the roots check."""
+    try:
+        real = Path(path).resolve(strict=True)
+    except (OSError, RuntimeError, ValueError):
+        return None
+    if not real.is_file():
+        return None
+    if roots is not None and not any(real.is_relative_to(r) for r in roots):
+        return None
+    return real
 
 
 class ModelMismatch(ImtextError):
@@ -145,7 +172,9 @@ class Rows:
         return self.table.take(pa.array(pos, pa.int64())).to_pylist()
 
     def get(self, id_: int) -> dict[str, Any] | None:
-        """The row of one id, or None."""
+        """The row of one id, or None (also for an id no int64 can hold)."""
+        if not -(2**63) <= int(id_) < 2**63:
+            return None
         pos = int(self.positions([id_])[0])
         return None if pos < 0 else self.table.slice(pos, 1).to_pylist()[0]
 
@@ -196,6 +225,13 @@ class CollectionMeta:
     def model_dir(self) -> Path:
         return Path(self.info["model_dir"])
 
+    @property
+    def image_roots(self) -> list[str] | None:
+        """The folders this collection's image files must lie in (None for a collection built before they
+        were recorded)."""
+        roots = self.info.get("image_roots")
+        return [str(r) for r in roots] if isinstance(roots, list) else None
+
     def index_info(self) -> dict[str, Any]:
         """Count, shards and factory per kind (the `index` part of GET /info)."""
         return {
@@ -221,8 +257,25 @@ def read_meta(
     """Read INDEX_DIR's facts and tables, checked against each other and the index manifests.
 
     Refuses a collection another model built (ModelMismatch, when `model_fingerprint` is given), one with
-    more shards than `max_shards` replicas can hold (TooManyShards), and a damaged one (ImtextError)."""
-    folder = Path(index_dir).resolve()
+    more shards than `max_shards` replicas can hold (TooManyShards), and a damaged or malformed one
+    (ImtextError, whatever is wrong in its files: a value of the wrong type is not a traceback)."""
+    try:
+        folder = Path(index_dir).resolve()
+    except (OSError, RuntimeError, ValueError) as e:
+        raise ImtextError(f"{index_dir!r} is not a usable folder name ({e})") from None
+    try:
+        return _read_meta(folder, model_fingerprint, max_shards, examples)
+    except ImtextError:
+        raise
+    except (TypeError, AttributeError, KeyError, ValueError, IndexError, pa.ArrowException) as e:
+        raise ImtextError(
+            f"{folder} is not a well-formed imtext collection ({type(e).__name__}: {e}): {REBUILD}"
+        ) from None
+
+
+def _read_meta(
+    folder: Path, model_fingerprint: str | None, max_shards: int | None, examples: int
+) -> CollectionMeta:
     info = read_info(folder)
     version = collection_version(folder)
     check_model(folder, info, model_fingerprint)
@@ -236,7 +289,9 @@ def read_meta(
             f"the collection in {folder} has {max(shards.values())} shards but this app runs {max_shards} shard "
             f"replicas; redeploy with its index_dir (`serve deploy` / `imtext serve`) to add replicas"
         )
-    files = info.get("files", {})
+    files = info.get("files") or {}
+    if not isinstance(files, dict) or not isinstance(info["counts"], dict):
+        raise ImtextError(f"{folder / INFO} has malformed files or counts entries: {REBUILD}")
     tables = {
         kind: read_table(folder, name, schema, files.get(name)) for kind, (name, schema) in TABLES.items()
     }

@@ -14,12 +14,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from imtext.data.pairs import RawPairs, check_requested, requested_splits
+from imtext.data.pairs import RawPairs, caption_text, check_requested, image_name, requested_splits
 from imtext.data.report import warn
 from imtext.errors import DataError
 
 SPLITS = ("train", "val")
 YEARS = ("2017", "2014")
+
+
+def _key(value: object, where: str) -> object:
+    """An image id as a dict key: COCO's are integers; a list or object there is a malformed file."""
+    if value is None or isinstance(value, (int, str)):
+        return value
+    raise DataError(f"{where}: image id {value!r:.80} is not an integer or a string")
 
 
 def annotation_files(root: Path) -> dict[str, tuple[Path, Path]]:
@@ -47,17 +54,23 @@ def read(root: Path, source: str, splits: list[str] | str | None) -> RawPairs:
     for split, (ann_path, image_dir) in files.items():
         if wanted is not None and split not in wanted:
             continue
+        where = f"{source}: {ann_path}"
         try:
             data = json.loads(ann_path.read_text(encoding="utf-8"))
-            images = {img["id"]: img["file_name"] for img in data["images"]}
+            images = {
+                _key(img["id"], where): image_name(img["file_name"], where, f"image {img['id']!r} file_name")
+                for img in data["images"]
+            }
             anns = data["annotations"]
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+            if not isinstance(anns, list) or not all(isinstance(a, dict) for a in anns):
+                raise TypeError("'annotations' is not a list of objects")
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, KeyError, TypeError) as e:
             raise DataError(
                 f"{source}: {ann_path} is not a COCO captions file ({type(e).__name__}: {e})"
             ) from None
         by_image: dict[int, list[dict]] = {}
         for ann in anns:
-            if ann.get("image_id") in images:
+            if _key(ann.get("image_id"), where) in images:
                 by_image.setdefault(ann["image_id"], []).append(ann)
             else:
                 orphans += 1
@@ -68,7 +81,8 @@ def read(root: Path, source: str, splits: list[str] | str | None) -> RawPairs:
                 continue
             for j, ann in enumerate(caps):
                 cid = str(ann["id"]) if "id" in ann else f"{image_id}#{j}"
-                raw.add(str(image_id), str(image_dir / fname), cid, ann.get("caption"), split)
+                caption = caption_text(ann.get("caption"), where, f"the caption of annotation {cid}")
+                raw.add(str(image_id), str(image_dir / fname), cid, caption, split)
     if orphans:
         warn(f"{source}: skipped {orphans} caption(s) whose image_id is not among the images")
     return raw

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from imtext.data.pairs import RawPairs
+from imtext.data.pairs import RawPairs, image_name
 from imtext.data.report import examples, warn
 from imtext.errors import DataError
 
@@ -61,6 +61,7 @@ def read(root: Path, source: str) -> RawPairs:
         if fname not in split_of:
             unlisted.add(fname)  # e.g. the release's stray "2258277193_586949ec62.jpg.1"
             continue
+        fname = image_name(fname, f"{source}: {TOKEN_FILE}", "image name")
         captioned.add(fname)
         stem = Path(fname).stem
         raw.add(stem, str(image_dir / fname), f"{stem}#{num}", caption, split_of[fname])

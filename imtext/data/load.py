@@ -36,6 +36,21 @@ def parse_spec(spec: str) -> tuple[str, str]:
     return kind, path.strip()
 
 
+def image_roots(spec: str) -> list[str]:
+    """The folder(s) a source's images live under by its layout, absolute with links resolved: where a
+    collection built from it may read (and a server may serve) image files. A manifest's is its own folder
+    (paths outside it are the manifest author's explicit choice; `imtext.collection` records those too)."""
+    kind, path = parse_spec(spec)
+    if kind == "karpathy":
+        json_path, images = karpathy.split_spec(path)
+        root = images if images is not None else json_path.parent
+    elif kind == "manifest":
+        root = Path(path).expanduser().parent
+    else:
+        root = Path(path).expanduser()
+    return [str(root.resolve())]
+
+
 def load_pairs(spec: str, splits: list[str] | None = None, check_images: bool = True) -> pa.Table:
     """Read a data source into a PAIRS_SCHEMA table (one row per image-caption pair).
 
@@ -45,14 +60,22 @@ def load_pairs(spec: str, splits: list[str] | None = None, check_images: bool = 
     """
     kind, path = parse_spec(spec)
     raw: RawPairs
-    if kind == "flickr8k":
-        raw = flickr8k.read(Path(path).expanduser(), spec)
-    elif kind == "karpathy":
-        raw = karpathy.read(path, spec)
-    elif kind == "coco":
-        raw = coco.read(Path(path).expanduser(), spec, splits)
-    elif kind == "manifest":
-        raw = manifest.read(Path(path).expanduser(), spec)
-    else:
-        raw = synth.read(Path(path).expanduser(), spec)
-    return finalize(raw, splits, check_images)
+    try:
+        if kind == "flickr8k":
+            raw = flickr8k.read(Path(path).expanduser(), spec)
+        elif kind == "karpathy":
+            raw = karpathy.read(path, spec)
+        elif kind == "coco":
+            raw = coco.read(Path(path).expanduser(), spec, splits)
+        elif kind == "manifest":
+            raw = manifest.read(Path(path).expanduser(), spec)
+        else:
+            raw = synth.read(Path(path).expanduser(), spec)
+        return finalize(raw, splits, check_images)
+    except DataError:
+        raise
+    except (TypeError, AttributeError, KeyError, IndexError, ValueError, RecursionError) as e:
+        # a malformed annotation file the checks above did not foresee: still the file's fault, not a bug
+        raise DataError(f"{spec}: malformed annotation data ({type(e).__name__}: {e})") from None
+    except OSError as e:  # unreadable annotation file (permissions, a folder where a file should be)
+        raise DataError(f"{spec}: cannot read {e.filename or 'the data'} ({e.strerror or e})") from None

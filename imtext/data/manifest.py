@@ -30,7 +30,7 @@ def _read_table(path: Path, source: str) -> pa.Table:
             return pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(column_types=types))
         if suffix in (".parquet", ".pq"):
             return pq.read_table(path)
-    except (pa.ArrowInvalid, OSError) as e:
+    except (pa.ArrowException, OSError) as e:
         raise DataError(f"{source}: cannot read manifest {path}: {e}") from None
     raise DataError(f"{source}: manifest must be a .csv or .parquet file, got {path.name}")
 
@@ -45,11 +45,14 @@ def read(path: Path, source: str) -> RawPairs:
             f"{source}: manifest lacks column(s) {', '.join(missing)}; "
             f"found {', '.join(table.column_names) or '(none)'}; need image_path, caption[, split]"
         )
-    col = {
-        c: table.column(c).cast(pa.string()).to_pylist()
-        for c in (*REQUIRED, "split")
-        if c in table.column_names
-    }
+    try:
+        col = {
+            c: table.column(c).cast(pa.string()).to_pylist()
+            for c in (*REQUIRED, "split")
+            if c in table.column_names
+        }
+    except pa.ArrowException as e:  # e.g. a list or struct column where text was expected
+        raise DataError(f"{source}: manifest columns must be text ({e})") from None
     splits = col.get("split") or [None] * table.num_rows
     root = path.parent.absolute()
     raw = RawPairs(source=source, missing_hint=f"Relative paths are resolved against {root}.")

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath, PureWindowsPath
+from typing import Any
 
 import pyarrow as pa
 
@@ -94,6 +96,29 @@ class RawPairs:
         self.caption_id.append(caption_id)
         self.caption.append(caption)
         self.split.append(split)
+
+
+def image_name(value: Any, source: str, what: str) -> str:
+    """A file name from an annotation file, checked to stay inside the images folder it is joined to: a
+    non-empty string, not absolute, no `..` part, no NUL. An annotation file names photos of its dataset,
+    never other files of the host (which a collection would then read, and a server serve)."""
+    if not isinstance(value, str) or not value.strip():
+        raise DataError(f"{source}: {what} is not a file name: {value!r}")
+    if "\0" in value:
+        raise DataError(f"{source}: {what} {value!r} contains a NUL character")
+    posix, windows = PurePosixPath(value.replace("\\", "/")), PureWindowsPath(value)
+    if posix.is_absolute() or windows.is_absolute() or windows.drive or ".." in posix.parts:
+        raise DataError(
+            f"{source}: {what} {value!r} points outside the images folder (absolute and '..' paths are refused)"
+        )
+    return value
+
+
+def caption_text(value: Any, source: str, what: str) -> str | None:
+    """A caption from an annotation file: a string, or None (missing; counted as empty)."""
+    if value is None or isinstance(value, str):
+        return value
+    raise DataError(f"{source}: {what} is not text: {value!r:.80}")
 
 
 def tidy_caption(text: str | None) -> str:
