@@ -5,16 +5,22 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
 console = Console(stderr=False)
 
 METRIC_COLUMNS = ("r1", "r5", "r10", "medr", "meanr")
+DIRECTIONS = {"i2t": "image -> text (annotation)", "t2i": "text -> image (search)"}
 
 
-def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    table = Table(title=title, title_justify="left")
+def print_table(
+    title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], compact: bool = False
+) -> None:
+    """A rich table; `compact` drops the frame (title, header, one rule, the rows: for one-screen output)."""
+    style = {"box": box.SIMPLE_HEAD, "show_edge": False, "pad_edge": False} if compact else {}
+    table = Table(title=title, title_justify="left", **style)
     for c in columns:
         table.add_column(str(c))
     for row in rows:
@@ -24,8 +30,7 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]
 
 def metrics_rows(metrics: dict[str, Any]) -> list[list[Any]]:
     """The paper's layout: one row per direction, R@1/5/10 and median/mean rank."""
-    names = {"i2t": "image -> text (annotation)", "t2i": "text -> image (search)"}
-    return [[names[d], *[metrics.get(f"{d}_{c}", "") for c in METRIC_COLUMNS]] for d in ("i2t", "t2i")]
+    return [[DIRECTIONS[d], *[metrics.get(f"{d}_{c}", "") for c in METRIC_COLUMNS]] for d in DIRECTIONS]
 
 
 def print_metrics(metrics: dict[str, Any], title: str = "") -> None:
@@ -36,13 +41,32 @@ def print_metrics(metrics: dict[str, Any], title: str = "") -> None:
     )
 
 
-def epoch_printer() -> Callable[[dict[str, Any]], None]:
+def print_split_metrics(results: dict[str, dict[str, Any]], title: str) -> None:
+    """Several splits' R@K in one compact table: a row per split and direction, rsum per split."""
+    rows = []
+    for split, m in results.items():
+        for d in DIRECTIONS:
+            row = [m.get(f"{d}_{c}", "") for c in ("r1", "r5", "r10", "medr")]
+            rows.append([split, DIRECTIONS[d], *row, m.get("rsum", "") if d == "i2t" else ""])
+    print_table(title, ["split", "direction", "R@1", "R@5", "R@10", "medr", "rsum"], rows, compact=True)
+
+
+def epoch_line(m: dict[str, Any], epochs: int | None = None, indent: str = "") -> str:
+    """One epoch: its loss, throughput and validation rsum (R@1 per direction)."""
+    of = f"/{epochs}" if epochs else ""
+    epoch = f"{int(m['epoch']) + 1}{of}"  # people count from 1
+    return (
+        f"{indent}epoch {epoch:>5}  loss {m['loss']:.4f}  {m.get('samples_per_s', 0):7.1f} samples/s  "
+        f"val rsum {m.get('rsum', float('nan')):6.1f}  (R@1 i2t {m.get('i2t_r1', 0):5.1f}, "
+        f"t2i {m.get('t2i_r1', 0):5.1f})"
+    )
+
+
+def epoch_printer(epochs: int | None = None, indent: str = "") -> Callable[[dict[str, Any]], None]:
+    """A line per epoch as it ends (`imtext train` and the demo, on Ray Train or in-process)."""
+
     def show(m: dict[str, Any]) -> None:
-        console.print(
-            f"epoch {m['epoch']:>3}  loss {m['loss']:.4f}  {m.get('samples_per_s', 0):7.1f} samples/s  "
-            f"val rsum {m.get('rsum', float('nan')):6.1f}  (i2t R@1 {m.get('i2t_r1', 0):5.1f}, "
-            f"t2i R@1 {m.get('t2i_r1', 0):5.1f})"
-        )
+        console.print(epoch_line(m, epochs, indent), highlight=False)
 
     return show
 

@@ -96,6 +96,27 @@ def read_image_file(meta: CollectionMeta, image_id: int, path: str) -> tuple[byt
     return data, media
 
 
+def _trained_at(model_dir: Path) -> str | None:
+    """When the model's weights were written (UTC, ISO 8601): the model directory the collection was built
+    with, whose fingerprint the served model matches. None when that folder is gone."""
+    import datetime as dt
+
+    try:
+        mtime = (model_dir / "weights.safetensors").stat().st_mtime
+    except OSError:
+        return None
+    return dt.datetime.fromtimestamp(mtime, dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _data_name(meta: CollectionMeta) -> str | None:
+    """The dataset the collection was built from, as KIND:NAME (its folder's name, never a server path)."""
+    spec = str(meta.info.get("data") or "")
+    if not spec:
+        return None
+    kind, _, path = spec.partition(":")
+    return f"{kind}:{Path(path.split(',')[0]).name}" if path else kind
+
+
 api = FastAPI(
     title="imtext search API",
     version=__version__,
@@ -167,6 +188,7 @@ class SearchAPI:
         self._reload_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task] = set()
         self.versions = _versions()
+        self.trained = await asyncio.to_thread(_trained_at, self.meta.model_dir)
 
     # -- plumbing ------------------------------------------------------------------------------------
 
@@ -209,9 +231,9 @@ class SearchAPI:
         """The model and index in use, library versions, and example queries."""
         meta = self.meta
         return {
-            "model": dict(self.model),
+            "model": {**self.model, "trained": self.trained},
             "index": meta.index_info(),
-            "collection": {**meta.collection_info(), "version": meta.version},
+            "collection": {**meta.collection_info(), "version": meta.version, "data": _data_name(meta)},
             "versions": self.versions,
             "examples": meta.examples,
         }

@@ -157,10 +157,19 @@ def create_app(delay_s: float = 0.0) -> FastAPI:
                 "text_model": "bow",
                 "backbone": "tiny-cnn",
                 "embed_dim": 64,
+                "trained": "2026-01-01T22:00:00+00:00",
             },
             "index": {
                 "images": {"count": len(IMAGES), "shards": 2, "factory": "Flat"},
                 "captions": {"count": len(CAPTIONS), "shards": 2, "factory": "Flat"},
+            },
+            "collection": {
+                "data": "synth:fake-world",
+                "splits": ["test"],
+                "created": "2026-01-02T03:04:05+00:00",
+                "updated": None,
+                "counts": {"images": len(IMAGES), "captions": len(CAPTIONS)},
+                "version": "f4ke",
             },
             "versions": {"imtext": "0.1.0", "ray": "fake", "faiss": "fake", "torch": "fake"},
             "examples": [IMAGES[1].captions[1], IMAGES[3].captions[0], IMAGES[4].captions[1]],
@@ -191,11 +200,13 @@ def create_app(delay_s: float = 0.0) -> FastAPI:
             return _err(400, "empty_query", "Type a sentence to search for (the query is empty).")
         time.sleep(delay_s)
         hits = rank_text(body.query, body.k)
+        known = set().union(*(_words(c) for im in IMAGES for c in im.captions))
         return {
             "query": body.query,
             "k": body.k,
             "latency_ms": (time.perf_counter() - t0) * 1000,
             "results": [_image_hit(r, i, s) for r, (i, s) in enumerate(hits, 1)],
+            "unknown_words": sorted(_words(body.query) - known),
         }
 
     @app.post("/search/image")

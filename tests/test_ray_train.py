@@ -24,6 +24,23 @@ def _cfg(world, out, **kw):
     return tiny_config(world, out, **base)
 
 
+def _check_curves(model_dir: Path) -> None:
+    """curves.png (#16) is a real picture: three panels side by side, not an empty canvas."""
+    from PIL import Image
+
+    with Image.open(model_dir / "curves.png") as im:
+        im.load()
+        assert im.format == "PNG" and im.width > 2 * im.height > 200
+        assert len(set(im.convert("L").getdata())) > 10  # lines and text, not a blank image
+
+
+def test_in_process_run_writes_curves_next_to_metrics(tiny_model):
+    """train_local (the shared `tiny_model` run) draws its history too."""
+    history = json.loads((tiny_model / "metrics.json").read_text())["history"]
+    assert len(history) >= 2
+    _check_curves(tiny_model)
+
+
 def _epochs(model_dir: Path) -> list[int]:
     history = json.loads((model_dir / "metrics.json").read_text())["history"]
     return [int(row["epoch"]) for row in history]
@@ -38,15 +55,19 @@ def test_two_workers_checkpoint_export_and_resume(ray_session, synth_world, tmp_
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "model"
     cfg = _cfg(Path("data"), out, **{"train.workers": 2, "train.epochs": 2, "train.num_to_keep": 2})
-    result = fit(cfg)
+    seen: list[dict] = []
+    result = fit(cfg, on_epoch=seen.append)  # what `imtext train` prints a line of, as each epoch ends
     assert result.error is None
+    assert [int(m["epoch"]) for m in seen] == [0, 1] and all("rsum" in m and "loss" in m for m in seen)
     model = TwoBranch.load(out)  # the best checkpoint, in the model-artifact format
     assert sorted(p.name for p in out.iterdir()) == [
         "config.yaml",
+        "curves.png",
         "metrics.json",
         "vocab.json",
         "weights.safetensors",
     ]
+    _check_curves(out)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["best"]["rsum"] == max(row["rsum"] for row in metrics["history"])
     assert model.embed_texts(["a red circle"]).shape == (1, 64)

@@ -187,7 +187,7 @@ def _docs_name(case: SearchCase, name: str) -> str | None:
     return name if case.name == "serve-app" else None
 
 
-def _shot(pg, name: str, docs_name: str | None = None) -> Path:
+def _shot(pg, name: str, docs_name: str | None = None, full_page: bool = False) -> Path:
     """Screenshot into test-artifacts/; docs/screenshots/ only if missing or IMTEXT_UPDATE_SCREENSHOTS=1,
     so a test run does not dirty tracked files with every latency number."""
     # gallery thumbnails load lazily and fade in: wait until every visible one is decoded
@@ -198,7 +198,7 @@ def _shot(pg, name: str, docs_name: str | None = None) -> Path:
     pg.wait_for_timeout(400)
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / f"ui-{name}.png"
-    pg.screenshot(path=str(path))
+    pg.screenshot(path=str(path), full_page=full_page)
     if docs_name:
         target = DOCS_SHOTS / docs_name
         if not target.exists() or os.environ.get("IMTEXT_UPDATE_SCREENSHOTS") == "1":
@@ -229,6 +229,7 @@ def test_sentence_search_shows_the_expected_image_first(
     labels = page.locator("#text-gallery .caption-label")
     expect(labels.first).to_contain_text(search_case.sentence_top_label)
     expect(labels.first).to_contain_text("#1 · ")
+    expect(labels.first).to_contain_text("σ (")  # #16: a relative score, the raw cosine in brackets
     n = labels.count()
     assert 1 <= n <= 8  # the default k is 8
     # latency of this query is now in the footer
@@ -264,9 +265,40 @@ def test_image_search_ranks_its_own_caption_first(page, search_case: SearchCase)
     rows = page.locator("#captions-list li")
     expect(rows.first).to_contain_text(search_case.image_caption)
     assert rows.count() >= 2
+    # the uploaded photo stays in view, beside its captions and look-alikes (#16)
+    photo, captions = page.locator("#upload img").first, page.locator("#captions-list")
+    expect(photo).to_be_visible()
+    left, right = photo.bounding_box(), captions.bounding_box()
+    assert left["x"] + left["width"] <= right["x"] and abs(left["y"] - right["y"]) < 200
+    expect(rows.first).to_contain_text("σ (")
     expect(page.locator("#image-gallery .caption-label").first).to_contain_text(search_case.image_caption)
     page.locator("#image-gallery img").first.wait_for(state="visible")
     _shot(page, f"image-search-{search_case.name}", _docs_name(search_case, "ui-image-search.png"))
+
+
+@pytest.mark.browser
+def test_page_explains_unknown_words_scores_and_what_is_served(page, search_case: SearchCase):
+    """#16: words the model does not know are named, the footer says which collection and model are served,
+    when they were built, and what the scores mean."""
+    from playwright.sync_api import expect
+
+    footer = page.locator("#imtext-footer")
+    expect(footer).to_contain_text("Collection")
+    expect(footer).to_contain_text(", built ")
+    expect(footer).to_contain_text("Model trained ")
+    expect(footer).to_contain_text("standard deviations above the typical score")
+    expect(footer).to_contain_text("raw cosine")
+    _query_box(page).fill(f"{search_case.sentence} zzqx")
+    page.click("#search-btn")
+    expect(page.locator("#text-status")).to_contain_text("Not in the vocabulary:")
+    expect(page.locator("#text-status")).to_contain_text("zzqx")
+    expect(page.locator("#text-gallery .caption-label").first).to_contain_text("σ (")
+    _shot(
+        page,
+        f"unknown-words-{search_case.name}",
+        _docs_name(search_case, "ui-unknown-words.png"),
+        full_page=True,
+    )
 
 
 @pytest.mark.browser
@@ -342,9 +374,49 @@ def test_footer_and_labels_format_the_api_values():
         assert part in text, part
     assert "Cannot reach" in footer_text(None, "Cannot reach the API")
     assert image_label({"rank": 2, "score": 0.51234, "caption": "a cat"}) == "#2 · 0.512 — a cat"
+    assert (
+        image_label({"rank": 2, "score": 0.51234, "caption": "a cat"}, 2.345) == "#2 · +2.3σ (0.512) — a cat"
+    )
     html_out = captions_html([{"rank": 1, "caption": "<b>x</b> & y", "image_id": "i1", "score": 1.7}])
     assert "&lt;b&gt;x&lt;/b&gt; &amp; y" in html_out and "<b>x" not in html_out
     assert 'style="width:100%"' in html_out  # scores above 1 do not overflow the bar
+
+
+def test_scores_are_relative_to_the_querys_typical_match_and_the_footer_says_so():
+    """#16: every result read 0.897 (the embeddings fill a narrow cone); the page shows how far a match
+    stands above the query's typical score instead, with the raw cosine beside it and in the API."""
+    from ui.app import SCORE_HELP, relative_scores
+
+    crowded = [0.905, 0.899, 0.898, 0.897, 0.897, 0.897, 0.896, 0.896, 0.895, 0.895]  # one stands out
+    rel = relative_scores(crowded)
+    assert rel[0] > 2.5 and all(abs(r) < 1 for r in rel[1:])
+    assert rel == sorted(rel, reverse=True)
+    assert relative_scores([0.9, 0.8]) == [None, None]  # too few to judge: the raw cosine only
+    assert relative_scores([0.5] * 6) == [0.0] * 6
+    html_out = captions_html([{"rank": 1, "caption": "x", "image_id": "i", "score": 0.905}], [rel[0]])
+    assert f"{rel[0]:+.1f}σ (0.905)" in html_out and 'style="width:' in html_out
+    info = {
+        "model": {"text_model": "gru", "trained": "2026-01-01T22:00:00+00:00"},
+        "index": {"images": {"count": 3}, "captions": {"count": 15}},
+        "collection": {"data": "synth:world", "splits": ["test"], "created": "2026-01-02T03:04:05+00:00"},
+    }
+    text = footer_text(info)
+    assert SCORE_HELP in text and "raw cosine" in text and "median" in text
+    assert "**Collection** synth:world (test), built 2026-01-02 03:04 UTC" in text
+    assert "**Model** trained 2026-01-01 22:00 UTC" in text
+
+
+def test_an_empty_result_says_why():
+    from ui.app import empty_reason
+
+    empty = {"index": {"images": {"count": 0}, "captions": {"count": 0}}}
+    assert "has no images yet" in empty_reason("images", empty) and "imtext index add" in empty_reason(
+        "images", empty
+    )
+    assert "did not answer" in empty_reason("captions", None)
+    some = {"index": {"images": {"count": 12}}}
+    assert "12 in the collection" in empty_reason("images", some)
+    assert "has no captions yet" in captions_html([], why=empty_reason("captions", empty))
 
 
 # -- the HTTP contract and the client, without a browser ---------------------------------------------

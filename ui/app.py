@@ -27,6 +27,14 @@ log = logging.getLogger(__name__)
 
 TITLE = "imtext — image ⇄ text search"
 K_DEFAULT, K_MAX = 8, 50
+# Scores are shown relative to the query's own best matches: the page asks the API for this many (its
+# maximum) and shows the first k. Too few results (a tiny collection) and only the raw cosine is shown.
+CALIBRATION_K, MIN_CALIBRATION = 100, 5
+SCORE_HELP = (
+    "**Scores** +2.0σ: the match is 2 standard deviations above the typical score of the query's "
+    f"{CALIBRATION_K} best matches (their median); +2σ and more stands out, near 0 is no better than the "
+    "crowd. In brackets: the raw cosine similarity (the API's `score`)."
+)
 MAX_UPLOAD = "10mb"  # what the API accepts (serve/uploads.py MAX_UPLOAD_BYTES); Gradio refuses more
 
 CSS = """
@@ -82,7 +90,8 @@ class _PageState:
 def footer_text(
     info: dict[str, Any] | None, info_error: str | None = None, last: dict[str, Any] | None = None
 ) -> str:
-    """One line on the model and index in use, plus the last query's latency."""
+    """The model and index in use, the collection and when it and the model were built, the last query's
+    latency, and what the scores mean."""
     if info is None:
         head = (
             f"⚠️ {md_escape(info_error)}" if info_error else "Model and index: unknown (API not reached yet)."
@@ -106,7 +115,59 @@ def footer_text(
             f" &nbsp;|&nbsp; **Last query** {last['latency_ms']:.1f} ms in the API, "
             f"{last.get('roundtrip_ms', float('nan')):.1f} ms round trip"
         )
-    return head
+    built = built_text(info) if info is not None else ""
+    return head + (f"  \n{built}" if built else "") + f"  \n{SCORE_HELP}"
+
+
+def built_text(info: dict[str, Any]) -> str:
+    """'**Collection** synth:synth, 2,000 images, built 2026-11-29 20:13 UTC · **Model** trained ...'."""
+    col, model = info.get("collection") or {}, info.get("model") or {}
+    parts = []
+    if col:
+        what = md_escape(str(col.get("data") or "a collection"))
+        splits = col.get("splits")
+        if isinstance(splits, list) and splits:
+            what += f" ({md_escape(', '.join(map(str, splits)))})"
+        when = _when(col.get("created"))
+        parts.append(f"**Collection** {what}" + (f", built {when}" if when else ""))
+        if col.get("updated") and col.get("updated") != col.get("created"):
+            parts[-1] += f", updated {_when(col.get('updated'))}"
+    if model.get("trained"):
+        parts.append(f"**Model** trained {_when(model['trained'])}")
+    return " &nbsp;|&nbsp; ".join(parts)
+
+
+def _when(stamp: Any) -> str:
+    """An ISO 8601 time as 'YYYY-MM-DD HH:MM UTC' (or as given when it is not one)."""
+    import datetime as dt
+
+    if not stamp:
+        return ""
+    try:
+        t = dt.datetime.fromisoformat(str(stamp))
+    except ValueError:
+        return md_escape(str(stamp))
+    if t.tzinfo is not None:
+        t = t.astimezone(dt.timezone.utc)
+    return t.strftime("%Y-%m-%d %H:%M") + (" UTC" if t.tzinfo is not None else "")
+
+
+def relative_scores(scores: list[float]) -> list[float | None]:
+    """Each score in standard deviations above the median of `scores` (a query's best matches): a match
+    that stands out of the crowd reads +3σ, an ordinary one near 0, however narrow the cone the embeddings
+    fill (where every cosine reads 0.9). None for each when there are too few to judge."""
+    import statistics
+
+    if len(scores) < MIN_CALIBRATION:
+        return [None] * len(scores)
+    typical, spread = statistics.median(scores), statistics.pstdev(scores)
+    if spread < 1e-9:
+        return [0.0] * len(scores)
+    return [(s - typical) / spread for s in scores]
+
+
+def _score(score: float, rel: float | None) -> str:
+    return f"{rel:+.1f}σ ({score:.3f})" if rel is not None else f"{score:.3f}"
 
 
 def _count(section: dict[str, Any]) -> str:
@@ -114,25 +175,44 @@ def _count(section: dict[str, Any]) -> str:
     return f"{n:,}" if isinstance(n, int) else "?"
 
 
-def image_label(hit: dict[str, Any]) -> str:
-    return f"#{hit.get('rank', '?')} · {float(hit.get('score', 0.0)):.3f} — {hit.get('caption', '')}"
+def image_label(hit: dict[str, Any], rel: float | None = None) -> str:
+    """'#1 · +2.3σ (0.897) — caption': rank, relative score (raw cosine in brackets), the image's caption."""
+    return f"#{hit.get('rank', '?')} · {_score(float(hit.get('score', 0.0)), rel)} — {hit.get('caption', '')}"
 
 
-def captions_html(captions: list[dict[str, Any]]) -> str:
-    """Ranked captions with a score bar; escaped, since captions come from a data set."""
+def captions_html(
+    captions: list[dict[str, Any]], rel: list[float | None] | None = None, why: str = ""
+) -> str:
+    """Ranked captions with a score bar (its length: the relative score, +4σ fills it; the raw cosine when
+    there is none); escaped, since captions come from a data set. `why` explains an empty list."""
     if not captions:
-        return '<div class="imtext-captions"><p class="empty">No captions found.</p></div>'
+        return f'<div class="imtext-captions"><p class="empty">{html.escape(why or "No captions found.")}</p></div>'
+    rel = rel or [None] * len(captions)
     rows = []
-    for c in captions:
+    for c, r in zip(captions, rel):
         score = float(c.get("score", 0.0))
-        width = max(0.0, min(1.0, score)) * 100
+        width = max(0.0, min(1.0, r / 4 if r is not None else score)) * 100
         rows.append(
             f'<li data-rank="{int(c.get("rank", 0))}"><span class="rank">{int(c.get("rank", 0))}</span>'
             f'<span class="caption">{html.escape(str(c.get("caption", "")))}'
             f' <span class="from">· {html.escape(str(c.get("image_id", "")))}</span></span>'
-            f'<span class="score">{score:.3f}<div class="bar" style="width:{width:.0f}%"></div></span></li>'
+            f'<span class="score">{html.escape(_score(score, r))}'
+            f'<div class="bar" style="width:{width:.0f}%"></div></span></li>'
         )
     return f'<div class="imtext-captions" id="captions-list"><ol>{"".join(rows)}</ol></div>'
+
+
+def empty_reason(kind: str, info: dict[str, Any] | None) -> str:
+    """Why a search found no `kind` ('images' or 'captions'): what the page knows about the collection."""
+    count = ((info or {}).get("index", {}).get(kind) or {}).get("count")
+    if count == 0:
+        return (
+            f"The collection has no {kind} yet: add some with `imtext index add` (or build one with "
+            "`imtext index build`), then reload the API."
+        )
+    if info is None:
+        return f"No {kind} came back, and the API's /info did not answer: is the collection loaded?"
+    return f"The index returned no {kind} for this query ({_count(info['index'].get(kind, {}))} in the collection)."
 
 
 def unknown_words_note(words: Any) -> str:
@@ -163,16 +243,21 @@ def build_page(api_url: str, client: ApiClient | None = None) -> gr.Blocks:
     state = _PageState(client or ApiClient(api_url))
     state.refresh()
 
-    def gallery_items(hits: list[dict[str, Any]]) -> list[tuple[Image.Image, str]]:
+    def gallery_items(hits: list[dict[str, Any]], rel: list[float | None]) -> list[tuple[Image.Image, str]]:
         items = []
-        for h in hits:
+        for h, r in zip(hits, rel):
             try:
                 img = state.client.image(int(h["id"]), h.get("image_url"))
             except (ApiError, KeyError, ValueError) as e:
                 log.warning("image %s unavailable: %s", h.get("id"), e)
                 img = _placeholder()
-            items.append((img, image_label(h)))
+            items.append((img, image_label(h, r)))
         return items
+
+    def top(hits: list[dict[str, Any]], k: int) -> tuple[list[dict[str, Any]], list[float | None]]:
+        """The first k hits and their relative scores (judged against all the hits fetched)."""
+        rel = relative_scores([float(h.get("score", 0.0)) for h in hits])
+        return hits[:k], rel[:k]
 
     def fail(e: Exception) -> str:
         msg = e.message if isinstance(e, ApiError) else "Something went wrong on the page; see its log."
@@ -185,15 +270,15 @@ def build_page(api_url: str, client: ApiClient | None = None) -> gr.Blocks:
         query = (query or "").strip()
         try:
             # an empty query goes to the API too: its message is the one rule for what a valid query is
-            res = state.client.search_text(query, int(k))
-            hits = res.get("results", [])
+            res = state.client.search_text(query, max(int(k), CALIBRATION_K))
+            hits, rel = top(res.get("results", []), int(k))
             status = (
                 f"{len(hits)} images for “{md_escape(query)}”."
                 if hits
-                else f"No images found for “{md_escape(query)}”."
+                else f"No images for “{md_escape(query)}”. {md_escape(empty_reason('images', state.info))}"
             )
             status += unknown_words_note(res.get("unknown_words"))
-            return gallery_items(hits), status, footer_text(state.info, state.info_error, res)
+            return gallery_items(hits, rel), status, footer_text(state.info, state.info_error, res)
         except Exception as e:  # never a traceback in the browser
             return [], fail(e), footer_text(state.info, state.info_error)
 
@@ -206,12 +291,15 @@ def build_page(api_url: str, client: ApiClient | None = None) -> gr.Blocks:
         if not path:
             return CAPTIONS_EMPTY, [], "Upload an image first.", footer_text(state.info, state.info_error)
         try:
-            res = state.client.search_image(path, int(k))
-            caps, hits = res.get("captions", []), res.get("images", [])
+            res = state.client.search_image(path, max(int(k), CALIBRATION_K))
+            caps, cap_rel = top(res.get("captions", []), int(k))
+            hits, rel = top(res.get("images", []), int(k))
             status = f"{len(caps)} captions and {len(hits)} similar images."
+            if not hits:
+                status += " " + md_escape(empty_reason("images", state.info))
             return (
-                captions_html(caps),
-                gallery_items(hits),
+                captions_html(caps, cap_rel, why=empty_reason("captions", state.info)),
+                gallery_items(hits, rel),
                 status,
                 footer_text(state.info, state.info_error, res),
             )
