@@ -1,6 +1,8 @@
 """One typed config drives train, tune and serve. YAML in and out; `section.key=value` overrides from the CLI.
 
-Every field has a default that works on the synthetic world, so `Config()` is a runnable config.
+`Config()` is a runnable config. The defaults of the text, model and loss sections were chosen on real
+photos (flickr8k-762's dev split, frozen EfficientNet-Lite0 features; docs/BENCHMARKS.md, "Real photos");
+the synthetic world trains best with its own recipe (imtext/recipes/synthetic.yaml, `--config synthetic`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ Weighting = Literal["counts", "tfidf"]
 Backbone = Literal[
     "smallcnn", "resnet18", "resnet50", "resnet152", "vgg16", "vgg19", "efficientnet_lite0", "none"
 ]
-Negatives = Literal["all", "hardest", "semi-hard", "top-k"]
+Negatives = Literal["all", "hardest", "semi-hard", "top-k", "infonce"]
 LrSchedule = Literal["cosine", "constant"]
 SelectionMetric = Literal["rsum", "i2t_rsum", "t2i_rsum"]  # validation metrics a run or a search selects by
 # Choices of commands rather than of the config, kept here so that each is declared once.
@@ -50,11 +52,11 @@ class DataConfig:
 class TextConfig:
     """The text branch: one of the paper's models (+ MLP)."""
 
-    model: TextModel = "gru"
+    model: TextModel = "bow"  # on a few thousand real captions a tf-idf bag beats the GRU
     weighting: Weighting = "tfidf"  # bag models
     min_count: int = 1  # words seen fewer times in the training split map to <unk>
     hash_buckets: int = 1 << 16  # n-gram buckets (2^18 for COCO on a GPU: 4x the memory)
-    word_dim: int = 128
+    word_dim: int = 1024  # bag models: the width of the bag's projection (GRU: word vectors)
     hidden_dim: int = 256  # GRU hidden size (per direction)
     bidirectional: bool = True
     max_len: int = 40  # tokens per caption kept
@@ -77,9 +79,12 @@ class ImageConfig:
 class ModelConfig:
     """The shared embedding space and the MLP heads on both branches."""
 
-    embed_dim: int = 256
-    mlp_hidden: int = 1024  # 0 = a single linear projection
-    dropout: float = 0.1
+    embed_dim: int = 512
+    # 0 = a single linear projection: on real photos with frozen features an MLP head only overfits sooner
+    mlp_hidden: int = 0
+    dropout: float = 0.1  # inside the MLP heads (mlp_hidden > 0)
+    text_dropout: float = 0.5  # on the text features entering the head
+    image_dropout: float = 0.5  # on the image features entering the head
 
 
 @dataclass
@@ -87,22 +92,23 @@ class LossConfig:
     """Bidirectional hinge ranking loss; `negatives` is searched by name in Tune."""
 
     margin: float = 0.2
-    # top-k (mean of the k hardest) learns faster than the single hardest on small budgets
-    # (docs/BENCHMARKS.md, "negatives")
-    negatives: Negatives = "top-k"
+    # infonce (a softmax over the batch) beat every hinge on real photos; among the hinges top-k (mean of
+    # the k hardest) learns fastest on small budgets (docs/BENCHMARKS.md, "negatives", "Real photos")
+    negatives: Negatives = "infonce"
     topk: int = 5  # k for top-k
+    temperature: float = 0.1  # infonce: softmax temperature (no margin)
     i2t_weight: float = 1.0  # image annotation direction (image -> its captions)
     t2i_weight: float = 1.0  # image search direction (caption -> its image)
-    # Sum over all negatives for the first epochs, then switch to `negatives` (hardest alone collapses
-    # on small data, a known VSE++ behaviour).
-    warmup_epochs: int = 2
+    # Hinge strategies: sum over all negatives for the first epochs, then switch to `negatives` (hardest
+    # alone collapses on small data, a known VSE++ behaviour). Use 1-2 with hardest, semi-hard or top-k.
+    warmup_epochs: int = 0
 
 
 @dataclass
 class TrainConfig:
     """The optimisation and how it is run (in-process or Ray Train workers)."""
 
-    epochs: int = 12
+    epochs: int = 15  # the best epoch by validation rsum is what a run exports
     batch_size: int = (
         64  # on CPU budgets more steps beat bigger batches (docs/BENCHMARKS.md); raise it on GPUs
     )
@@ -123,7 +129,7 @@ class TrainConfig:
     num_to_keep: int = 2  # best checkpoints kept by validation rsum
     max_failures: int = 2
     out: str = "runs/model"  # final model directory (best checkpoint)
-    storage_path: str = ""  # Ray Train storage; empty = <out>/../ray_results
+    storage_path: str = ""  # Ray Train storage: folder or URI (s3://...); empty = <out>/../ray_results
     name: str = ""  # Ray Train run name; empty = derived from `out`
 
 
@@ -159,7 +165,12 @@ class Config:
             raw = yaml.safe_load(path.read_text())
         except yaml.YAMLError as e:
             raise ImtextError(f"{path} is not valid YAML: {e}") from None
-        if raw is not None and not isinstance(raw, dict):
+        if raw is None:  # an empty (or all-comment) file is a mistake, not a wish for the defaults
+            raise ImtextError(
+                f"{path} is empty; expected a mapping of sections (data, text, image, ...): "
+                "write one with `imtext train --print-config`"
+            )
+        if not isinstance(raw, dict):
             raise ImtextError(f"{path}: expected a mapping of sections (data, text, image, ...)")
         return cls.from_dict(raw)
 
@@ -211,6 +222,8 @@ class Config:
             raise ImtextError(f"train.name={name!r} must be a plain folder name (no '/' or '..')")
         if self.train.workers < 0:
             raise ImtextError("train.workers must be >= 0 (0 = in-process without Ray)")
+        if "://" in self.train.out and self.train.workers == 0:
+            raise ImtextError("a URI train.out needs Ray Train (--workers >= 1): --workers 0 writes locally")
         return self
 
 

@@ -6,6 +6,10 @@ For L2-normalised image and caption embeddings, S = img @ txt.T holds cosine sim
 - i2t (image annotation; image i anchors, captions j are negatives): c_ij = relu(margin + S_ij - S_ii)
 - t2i (image search; caption j anchors, images i are negatives):    c_ij = relu(margin + S_ij - S_jj)
 
+`infonce` replaces the hinge by a temperature-scaled softmax over the same negatives (CLIP's loss):
+cost = -log(exp(S_ii / t) / (exp(S_ii / t) + sum_j exp(S_ij / t))), which weighs every negative by how
+hard it is, smoothly, and has no margin.
+
 A strategy reduces each anchor's costs to one number; these are averaged over anchors (VSE++ sums them:
 averaging keeps the loss, and so the right learning rate, independent of the batch size and of the
 number of workers when embeddings are all-gathered). Total = w_i2t * i2t + w_t2i * t2i.
@@ -22,14 +26,23 @@ from imtext.config import Negatives
 from imtext.errors import ImtextError
 
 NEGATIVE_STRATEGIES = get_args(Negatives)
+HINGE_STRATEGIES = tuple(s for s in NEGATIVE_STRATEGIES if s != "infonce")
 
 
-def _anchor_costs(sim: torch.Tensor, neg: torch.Tensor, margin: float, strategy: str, k: int) -> torch.Tensor:
+def _anchor_costs(
+    sim: torch.Tensor, neg: torch.Tensor, margin: float, strategy: str, k: int, temperature: float = 0.05
+) -> torch.Tensor:
     """Per-anchor cost for anchors along rows: sim (A, N) with the positive on the diagonal, neg (A, N) bool.
 
     An anchor without any negative (e.g. a batch of one image's captions) costs 0.
     """
     pos = sim.diagonal().unsqueeze(1)
+    if strategy == "infonce":
+        # The softmax runs over the positive and the anchor's negatives (duplicates of the positive are
+        # left out); an anchor without negatives costs log(1) = 0.
+        allowed = neg | torch.eye(*sim.shape, dtype=torch.bool, device=sim.device)
+        logits = (sim / temperature).masked_fill(~allowed, float("-inf"))
+        return torch.logsumexp(logits, dim=1) - pos.squeeze(1) / temperature
     cost = (margin + sim - pos).clamp_min(0).masked_fill(~neg, 0.0)
     if strategy == "all":
         return cost.sum(1)
@@ -61,6 +74,8 @@ class RankingLoss(nn.Module):
     - `semi-hard`: the hardest negative among those scoring below the positive (FaceNet); an anchor
       without one uses its hardest negative.
     - `top-k`: mean of the k largest violations.
+    - `infonce`: not a hinge: the temperature-scaled softmax over the same negatives (CLIP); `margin`
+      is unused, `temperature` sets how sharply it focuses on the hardest.
 
     `positive_mask[i, j] = True` marks pairs that are also true matches (the same image twice in a batch);
     they are never negatives. The diagonal is always the positive. `negatives` may be changed between
@@ -74,13 +89,17 @@ class RankingLoss(nn.Module):
         negatives: str = "hardest",
         k: int = 3,
         weights: tuple[float, float] = (1.0, 1.0),
+        temperature: float = 0.05,
     ):
         super().__init__()
         if margin < 0:
             raise ImtextError(f"loss margin must be >= 0, got {margin}")
         if k < 1:
             raise ImtextError(f"top-k needs k >= 1, got {k}")
+        if temperature <= 0:
+            raise ImtextError(f"loss temperature must be > 0, got {temperature}")
         self.margin = float(margin)
+        self.temperature = float(temperature)
         self.negatives = negatives
         self.k = int(k)
         self.weights = (float(weights[0]), float(weights[1]))
@@ -89,7 +108,13 @@ class RankingLoss(nn.Module):
     @classmethod
     def from_config(cls, cfg, negatives: str | None = None) -> RankingLoss:
         """From an `imtext.config.LossConfig`; `negatives` overrides cfg.negatives (warm-up epochs)."""
-        return cls(cfg.margin, negatives or cfg.negatives, cfg.topk, (cfg.i2t_weight, cfg.t2i_weight))
+        return cls(
+            cfg.margin,
+            negatives or cfg.negatives,
+            cfg.topk,
+            (cfg.i2t_weight, cfg.t2i_weight),
+            cfg.temperature,
+        )
 
     @property
     def negatives(self) -> str:
@@ -121,8 +146,9 @@ class RankingLoss(nn.Module):
             if positive_mask.shape != (n, n):
                 raise ValueError(f"positive_mask must be ({n}, {n}), got {tuple(positive_mask.shape)}")
             neg = neg & ~positive_mask.to(device=sim.device, dtype=torch.bool)
-        i2t = _anchor_costs(sim, neg, self.margin, self._negatives, self.k).mean()
-        t2i = _anchor_costs(sim.T, neg.T, self.margin, self._negatives, self.k).mean()
+        args = (self.margin, self._negatives, self.k, self.temperature)
+        i2t = _anchor_costs(sim, neg, *args).mean()
+        t2i = _anchor_costs(sim.T, neg.T, *args).mean()
         return {"i2t": i2t, "t2i": t2i}
 
     def forward(
@@ -133,7 +159,10 @@ class RankingLoss(nn.Module):
         return self.weights[0] * parts["i2t"] + self.weights[1] * parts["t2i"]
 
     def extra_repr(self) -> str:
-        return f"margin={self.margin}, negatives={self._negatives!r}, k={self.k}, weights={self.weights}"
+        return (
+            f"margin={self.margin}, negatives={self._negatives!r}, k={self.k}, weights={self.weights}, "
+            f"temperature={self.temperature}"
+        )
 
 
 def same_image_mask(image_ids: torch.Tensor) -> torch.Tensor:

@@ -145,3 +145,47 @@ def coco_5k(img_emb: Any, txt_emb: Any, txt_to_img: Any, size: int = 5000) -> di
 
 # `imtext eval --protocol NAME` (the names are imtext.config.EvalProtocol)
 PROTOCOLS = {"all": retrieval, "coco1k": coco_1k, "coco5k": coco_5k}
+
+
+def bootstrap_interval(
+    img_emb: Any,
+    txt_emb: Any,
+    txt_to_img: Any,
+    key: str = "rsum",
+    samples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """A percentile bootstrap interval for one metric, resampling the split's images with replacement.
+
+    Ranks are computed once on the whole split; each resample averages the recall indicators of the
+    drawn images (i2t) and of their captions (t2i), so it measures how much the number depends on which
+    photos happened to be in the split, not how the gallery's size changes it.
+    """
+    if not 0 < level < 1 or samples < 1:
+        raise ImtextError("bootstrap needs 0 < level < 1 and at least one sample")
+    i2t, t2i = ranks(img_emb, txt_emb, txt_to_img)
+    owner = _as_numpy(txt_to_img, dtype=np.int64)
+    n_img = i2t.shape[0]
+    by_image = [np.flatnonzero(owner == i) for i in range(n_img)]
+    hits_i2t = {k: (i2t <= k).astype(np.float64) for k in (1, 5, 10)}
+    hits_t2i = {k: (t2i <= k).astype(np.float64) for k in (1, 5, 10)}
+    # Per image: its i2t hit, and the sum and count of its captions' t2i hits, so a resample is two bincounts.
+    t2i_sum = {k: np.array([hits_t2i[k][c].sum() for c in by_image]) for k in (1, 5, 10)}
+    t2i_n = np.array([len(c) for c in by_image], dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    values = np.empty(samples)
+    for s in range(samples):
+        draw = np.bincount(rng.integers(0, n_img, n_img), minlength=n_img).astype(np.float64)
+        out = {}
+        for k in (1, 5, 10):
+            out[f"i2t_r{k}"] = 100.0 * (draw @ hits_i2t[k]) / n_img
+            out[f"t2i_r{k}"] = 100.0 * (draw @ t2i_sum[k]) / (draw @ t2i_n)
+        out["i2t_rsum"] = out["i2t_r1"] + out["i2t_r5"] + out["i2t_r10"]
+        out["t2i_rsum"] = out["t2i_r1"] + out["t2i_r5"] + out["t2i_r10"]
+        out["rsum"] = out["i2t_rsum"] + out["t2i_rsum"]
+        if key not in out:
+            raise ImtextError(f"no bootstrap for {key!r}; choose one of {', '.join(sorted(out))}")
+        values[s] = out[key]
+    tail = (1.0 - level) / 2.0
+    return float(np.quantile(values, tail)), float(np.quantile(values, 1.0 - tail))

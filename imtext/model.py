@@ -5,6 +5,7 @@ metrics.json) is self-contained: loading it needs no download and never unpickle
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 from collections.abc import Sequence
@@ -23,6 +24,20 @@ from imtext.errors import ImtextError
 from imtext.image import build_backbone, image_transform
 from imtext.text import TextFeaturizer, Vocab, build_text_encoder, collate_texts
 
+# Keys of the text, image and model sections that do not change what a trained model embeds: the initial
+# backbone weights and whether it was fine-tuned (the trained weights say all), dropout (off when
+# embedding), the vocabulary's cut-off (vocab.json says which words it kept). Everything else in those
+# sections is part of the fingerprint.
+TRAINING_ONLY_KEYS = frozenset(
+    {
+        "image.weights",
+        "image.finetune",
+        "model.dropout",
+        "model.text_dropout",
+        "model.image_dropout",
+        "text.min_count",
+    }
+)
 WEIGHTS_FILE = "weights.safetensors"
 CONFIG_FILE = "config.yaml"
 MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE, "vocab.json")
@@ -31,8 +46,11 @@ MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE, "vocab.json")
 class MLPHead(nn.Module):
     """Projects a branch's features into the shared space (the paper's "+ MLP")."""
 
-    def __init__(self, in_dim: int, out_dim: int, hidden: int, dropout: float):
+    def __init__(self, in_dim: int, out_dim: int, hidden: int, dropout: float, input_dropout: float = 0.0):
         super().__init__()
+        # Dropout on the branch's features before the head: on a few thousand captions and frozen image
+        # features the heads overfit within epochs without it (docs/BENCHMARKS.md, "real photos").
+        self.input_dropout = nn.Dropout(input_dropout) if input_dropout > 0 else nn.Identity()
         if hidden > 0:
             self.net = nn.Sequential(
                 nn.Linear(in_dim, hidden),
@@ -44,7 +62,7 @@ class MLPHead(nn.Module):
             self.net = nn.Linear(in_dim, out_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        return self.net(self.input_dropout(x))
 
 
 class TwoBranch(nn.Module):
@@ -74,7 +92,9 @@ class TwoBranch(nn.Module):
             text.model, vocab, hash_buckets=text.hash_buckets, max_len=text.max_len
         )
         self.text_encoder = build_text_encoder(text, self.featurizer)
-        self.text_head = MLPHead(self.text_encoder.out_dim, heads.embed_dim, heads.mlp_hidden, heads.dropout)
+        self.text_head = MLPHead(
+            self.text_encoder.out_dim, heads.embed_dim, heads.mlp_hidden, heads.dropout, heads.text_dropout
+        )
         weights = image.weights if pretrained else "none"
         if image.backbone == "none":
             if not feature_dim:
@@ -84,7 +104,9 @@ class TwoBranch(nn.Module):
             self.backbone = build_backbone(image.backbone, weights=weights, image_size=image.size())
         if self.frozen_backbone:
             self.backbone.requires_grad_(False)
-        self.image_head = MLPHead(self.backbone.out_dim, heads.embed_dim, heads.mlp_hidden, heads.dropout)
+        self.image_head = MLPHead(
+            self.backbone.out_dim, heads.embed_dim, heads.mlp_hidden, heads.dropout, heads.image_dropout
+        )
         self._fingerprint = ""
         # The run config this model came from (from_config, load): only the record save() writes beside
         # the weights when given no other; nothing reads it for behaviour.
@@ -151,14 +173,33 @@ class TwoBranch(nn.Module):
 
     @property
     def fingerprint(self) -> str:
-        """Identifies the weights; an index remembers it so it is never queried by another model."""
+        """Identifies the embedding space: the weights, the vocabulary and every setting that changes an
+        embedding (`embedding_settings`). An index remembers it, so it is never queried by another model,
+        nor by this one after its vocab.json or text/image/model settings changed."""
         if not self._fingerprint:
             h = hashlib.sha256()
             for name, tensor in sorted(self.state_dict().items()):
                 h.update(name.encode())
                 h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+            h.update(b"\0vocab\0")
+            vocab = {"words": self.vocab.words, "df": self.vocab.df, "num_docs": self.vocab.num_docs}
+            h.update(json.dumps(vocab, sort_keys=True, ensure_ascii=False).encode("utf-8"))
+            h.update(b"\0settings\0")
+            h.update(json.dumps(self.embedding_settings(), sort_keys=True, default=str).encode("utf-8"))
             self._fingerprint = h.hexdigest()[:16]
         return self._fingerprint
+
+    def embedding_settings(self) -> dict[str, Any]:
+        """The text, image and model settings an embedding depends on: every key of those sections but the
+        ones that only steer training (TRAINING_ONLY_KEYS); a key added later counts unless listed there."""
+        sections = {"text": self.text_config, "image": self.image_config, "model": self.head_config}
+        out: dict[str, Any] = {}
+        for name, section in sections.items():
+            values = dataclasses.asdict(section)
+            if name == "image":
+                values["image_size"] = section.size()  # 0 means the backbone's own size
+            out[name] = {k: v for k, v in values.items() if f"{name}.{k}" not in TRAINING_ONLY_KEYS}
+        return out
 
     def tokenize(self, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         return collate_texts([self.featurizer(c) for c in captions])

@@ -65,7 +65,7 @@ def apply_log_levels() -> None:
 
 def _ray_data_logging_file() -> str:
     """Ray Data's default logging config with its console handler at WARNING (its file, ray-data.log in the
-    session's logs folder, still gets everything), written once per process for RAY_DATA_LOGGING_CONFIG."""
+    session's logs folder, still gets everything), for RAY_DATA_LOGGING_CONFIG."""
     config = {
         "version": 1,
         "disable_existing_loggers": False,
@@ -88,9 +88,11 @@ def _ray_data_logging_file() -> str:
         },
         "loggers": {"ray.data": {"level": "DEBUG", "handlers": ["file", "console"], "propagate": False}},
     }
-    fd, path = tempfile.mkstemp(prefix="imtext-ray-data-logging-", suffix=".yaml")  # JSON is YAML
-    with os.fdopen(fd, "w") as f:
-        json.dump(config, f)
+    # One file per user, rewritten whole (same content every time), not a new temporary file per command.
+    from imtext.atomic import write_text
+
+    path = os.path.join(tempfile.gettempdir(), f"imtext-ray-data-logging-{os.getuid()}.yaml")
+    write_text(path, json.dumps(config))  # JSON is YAML
     return path
 
 

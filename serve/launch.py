@@ -114,13 +114,15 @@ def start(
     options: dict[str, Any] | None = None,
     wait_s: float = 300.0,
     request_timeout_s: float = 60.0,
+    index_root: str | Path | None = None,
 ) -> ServeHandleInfo:
     """Deploy the app on `host:port` and return once GET /healthz answers.
 
     Uses the Ray already initialised in this process, else connects to `address` / $RAY_ADDRESS, else starts
     a local Ray. `options` are extra build_app arguments (timeouts, batch sizes, deployment options, the
     index_root of POST /admin/reload). `request_timeout_s` is the HTTP proxy's last-resort deadline (the app
-    answers 503 itself long before it), as serve/config.yaml sets it.
+    answers 503 itself long before it), as serve/config.yaml sets it. `index_root` (`imtext serve
+    --index-root`) is the folder POST /admin/reload may load from; default: the folder `index_dir` lies in.
     """
     import ray
     from ray import serve
@@ -133,6 +135,8 @@ def start(
     args = {"model_dir": str(model), "index_dir": str(index), **(options or {})}
     if admin_token:
         args["admin_token"] = admin_token
+    if index_root is not None:
+        args["index_root"] = str(Path(index_root).expanduser().resolve())
     app = build_app(args)  # loads the model once and checks the collection before anything is deployed
     started_ray = not ray.is_initialized()
     ensure_ray(address)

@@ -14,12 +14,56 @@ torch.set_num_threads(1)
 COCO_MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco-mini"
 if not COCO_MINI.is_dir():  # CI clones elsewhere with shared/ beside the clone
     COCO_MINI = Path(os.environ.get("IMTEXT_COCO_MINI", Path.cwd().parent / "shared" / "data" / "coco-mini"))
+FLICKR8K = COCO_MINI.parent / "flickr8k-762"  # real photos for quality (tests/test_quality_real.py)
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# Modules that start Ray clusters of their own (`ray start --head`, a second raylet, the demo's local Ray).
+# They run after everything that uses the shared session Ray: in the full suite, a two-worker Ray Train run
+# on the shared Ray hung after them (its controller waited forever on resources that were free), while it
+# passed after each of them alone; the cause is not found yet (see the session notes).
+OWN_CLUSTER_MODULES = {
+    "test_demo",
+    "test_documented_commands",
+    "test_multinode",
+    "test_submit",
+    "test_wheel_submit",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: Path(str(item.fspath)).stem in OWN_CLUSTER_MODULES)  # stable: order kept
+
+
+@pytest.fixture(autouse=True)
+def _keep_the_latest_ray_cluster_file():
+    """Tests that run `ray start --head` (submit, multinode, documented commands) make Ray record their head
+    as "the latest cluster" (/tmp/ray/ray_current_cluster). Once that head is stopped, Ray processes of the
+    session's own Ray that look the address up (Ray Train's placement-group cleaner and controller) wait on
+    a dead GCS: a later Ray Train test then hung. Each test leaves the file as it found it."""
+    from ray._common.utils import get_ray_address_file
+
+    path = Path(get_ray_address_file(None))
+    before = path.read_bytes() if path.is_file() else None
+    yield
+    after = path.read_bytes() if path.is_file() else None
+    if after != before:
+        if before is None:
+            path.unlink(missing_ok=True)
+        else:
+            path.write_bytes(before)
+
+
+@pytest.fixture(scope="session")
+def flickr8k() -> Path:
+    if not (FLICKR8K / "Flickr8k.token.txt").is_file():
+        pytest.fail(f"flickr8k-762 not found at {FLICKR8K}; it sits beside coco-mini in ../shared/data")
+    return FLICKR8K
 
 
 @pytest.fixture(scope="session")
@@ -38,10 +82,10 @@ def synth_world(tmp_path_factory) -> Path:
 
 
 def tiny_config(world: Path, out: Path, **overrides):
-    """A config that trains in seconds: small GRU, small heads, a few epochs."""
-    from imtext.config import Config
+    """A config that trains in seconds: the synthetic recipe with a small GRU, small heads, a few epochs."""
+    from imtext.recipes import load_recipe
 
-    cfg = Config().override(
+    cfg = load_recipe("synthetic").override(
         {
             "data.spec": f"synth:{world}",
             "text.word_dim": 64,
@@ -124,15 +168,7 @@ def coco_artifacts(coco_mini, tmp_path_factory) -> dict:
             "data.train_split": "train",
             "data.val_split": "train",
             "image.backbone": "efficientnet_lite0",
-            "text.model": "bow",
-            "text.word_dim": 1024,
-            "model.embed_dim": 128,
-            "model.mlp_hidden": 512,
-            "model.dropout": 0.5,
-            "loss.warmup_epochs": 30,
-            "train.epochs": 8,
-            "train.batch_size": 40,
-            "train.lr": 2e-3,
+            # the library's defaults otherwise: they are what a user with real photos gets
             "train.seed": 0,
             "train.out": str(root / "model"),
         }

@@ -89,6 +89,8 @@ def test_training_with_file_uris_writes_checkpoints_and_model_where_they_say(
     checkpoints = sorted(p.name for p in (runs / "tiny").glob("checkpoint_*") if p.is_dir())
     assert len(checkpoints) == 1, sorted(p.name for p in runs.rglob("*"))[:20]
     assert (runs / "tiny" / checkpoints[0] / "weights.safetensors").is_file()
-    assert sorted(p.name for p in (models / "tiny").iterdir()) == sorted((*MODEL_FILES, "metrics.json"))
+    assert sorted(p.name for p in (models / "tiny").iterdir()) == sorted(
+        (*MODEL_FILES, "metrics.json", "curves.png")
+    )
     assert TwoBranch.load(models / "tiny").embed_texts(["a red circle"]).shape == (1, 32)
     assert list(work.iterdir()) == []  # no `file:` folder, no ray_results in the job's working directory

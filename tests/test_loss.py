@@ -9,7 +9,7 @@ import torch
 
 from imtext.config import LossConfig
 from imtext.errors import ImtextError
-from imtext.loss import NEGATIVE_STRATEGIES, RankingLoss, same_image_mask
+from imtext.loss import HINGE_STRATEGIES, NEGATIVE_STRATEGIES, RankingLoss, same_image_mask
 
 torch.set_num_threads(1)
 
@@ -76,7 +76,7 @@ def test_positive_mask_excludes_duplicates():
     a2 = a2 / a2.norm()
     img2 = txt2 = torch.stack([a, b, a2])
     dup = same_image_mask(torch.tensor([7, 8, 7]))
-    for strategy in NEGATIVE_STRATEGIES:
+    for strategy in HINGE_STRATEGIES:
         loss = RankingLoss(0.2, strategy)
         assert loss(img2, txt2).item() > 0.1, strategy
         assert loss(img2, txt2, dup).item() == 0.0, strategy
@@ -97,7 +97,7 @@ def test_weights_select_a_direction(strategy):
     )
 
 
-@pytest.mark.parametrize("strategy", NEGATIVE_STRATEGIES)
+@pytest.mark.parametrize("strategy", HINGE_STRATEGIES)
 def test_zero_when_separated(strategy):
     eye = torch.eye(4)
     assert RankingLoss(0.0, strategy)(eye, eye).item() == 0.0
@@ -129,7 +129,7 @@ def _reference(sim: list[list[float]], neg: list[list[bool]], margin: float, str
     return total / len(sim)
 
 
-@pytest.mark.parametrize("strategy", NEGATIVE_STRATEGIES)
+@pytest.mark.parametrize("strategy", HINGE_STRATEGIES)
 def test_matches_loop_reference_with_duplicates(strategy):
     torch.manual_seed(0)
     rng = random.Random(0)
@@ -156,8 +156,9 @@ def test_gradients_flow(strategy):
 
 
 def test_names_and_errors():
-    assert NEGATIVE_STRATEGIES == ("all", "hardest", "semi-hard", "top-k")
-    with pytest.raises(ImtextError, match="all, hardest, semi-hard, top-k"):
+    assert NEGATIVE_STRATEGIES == ("all", "hardest", "semi-hard", "top-k", "infonce")
+    assert HINGE_STRATEGIES == ("all", "hardest", "semi-hard", "top-k")
+    with pytest.raises(ImtextError, match="all, hardest, semi-hard, top-k, infonce"):
         RankingLoss(negatives="hardest-ish")
     loss = RankingLoss()
     loss.negatives = "all"  # switching after a warm-up
@@ -169,7 +170,42 @@ def test_names_and_errors():
     cfg = LossConfig(margin=0.1, negatives="top-k", topk=5, i2t_weight=0.5, t2i_weight=2.0)
     built = RankingLoss.from_config(cfg)
     assert (built.margin, built.negatives, built.k, built.weights) == (0.1, "top-k", 5, (0.5, 2.0))
+    assert built.temperature == cfg.temperature
+    with pytest.raises(ImtextError, match="temperature"):
+        RankingLoss(negatives="infonce", temperature=0.0)
     assert RankingLoss.from_config(cfg, negatives="all").negatives == "all"
+
+
+def test_infonce_is_cross_entropy_over_the_batch_in_both_directions():
+    """Without duplicates it is CLIP's loss: cross-entropy of S / t against the diagonal, each direction."""
+    torch.manual_seed(0)
+    img = torch.nn.functional.normalize(torch.randn(6, 4, dtype=torch.float64), dim=1)
+    txt = torch.nn.functional.normalize(torch.randn(6, 4, dtype=torch.float64), dim=1)
+    target = torch.arange(6)
+    sim = img @ txt.T
+    parts = RankingLoss(negatives="infonce", temperature=0.07).components(img, txt)
+    assert parts["i2t"].item() == pytest.approx(torch.nn.functional.cross_entropy(sim / 0.07, target).item())
+    assert parts["t2i"].item() == pytest.approx(
+        torch.nn.functional.cross_entropy(sim.T / 0.07, target).item()
+    )
+
+
+def test_infonce_never_counts_a_duplicate_as_a_negative():
+    """Rows 0 and 2 show one image: with the mask, row 0's softmax runs over rows 0 and 1 only."""
+    torch.manual_seed(1)
+    img = torch.nn.functional.normalize(torch.randn(3, 4, dtype=torch.float64), dim=1)
+    txt = torch.nn.functional.normalize(torch.randn(3, 4, dtype=torch.float64), dim=1)
+    mask = same_image_mask(torch.tensor([5, 6, 5]))
+    t = 0.1
+    sim = img @ txt.T
+    expected = []
+    for a, allowed in ((0, [0, 1]), (1, [0, 1, 2]), (2, [1, 2])):
+        expected.append(-torch.log_softmax(sim[a, allowed] / t, 0)[allowed.index(a)].item())
+    i2t = RankingLoss(negatives="infonce", temperature=t).components(img, txt, mask)["i2t"].item()
+    assert i2t == pytest.approx(sum(expected) / 3)
+    # a lone anchor costs nothing, not NaN
+    one = torch.tensor([[1.0, 0.0]])
+    assert RankingLoss(negatives="infonce")(one, one).item() == 0.0
 
 
 def test_train_epoch_reports_each_directions_loss(synth_world, tmp_path):

@@ -1,5 +1,5 @@
-"""Quality on the synthetic world (seeded, CPU): the default model retrieves well, and an order-aware text
-model beats bag of words on captions that differ only in word order."""
+"""Quality on the synthetic world (seeded, CPU): its recipe (imtext/recipes/synthetic.yaml) retrieves well,
+and an order-aware text model beats bag of words on captions that differ only in word order."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from imtext.config import Config
 from imtext.data import load_pairs
 from imtext.evaluate import evaluate
+from imtext.recipes import load_recipe
 from imtext.report import print_metrics
 from imtext.train.batches import SplitView
 from imtext.train.loop import train_local
@@ -34,7 +34,7 @@ def world(tmp_path_factory):
 
 
 def _train_and_score(world, tmp_path, **overrides) -> dict[str, dict[str, float]]:
-    cfg = Config().override(
+    cfg = load_recipe("synthetic").override(
         {
             "data.spec": f"synth:{world}",
             "train.out": str(tmp_path / "model"),

@@ -41,12 +41,14 @@ def serve_until_interrupted(
     no_ui: bool = False,
     exit_after_ready: bool = False,
     started: float | None = None,
+    index_root: str | Path | None = None,
 ) -> int:
     """The API (and the page unless `no_ui`) until Ctrl-C, then everything stops (`imtext serve`, the demo).
 
     Uses the Ray this process is connected to (else a local one). `exit_after_ready` stops as soon as both
     answer (a smoke check); `started` (a perf_counter value) makes the ready line say how long the whole
-    run took to get there.
+    run took to get there. `index_root` is the folder POST /admin/reload may load from (default: the
+    folder `index_dir` lies in).
     """
     from serve.launch import start
 
@@ -54,7 +56,7 @@ def serve_until_interrupted(
     console.print("starting Ray Serve (the first start takes a while) ...")
     _stop_on_signals()
     try:
-        running = start(model_dir, index_dir, host=host, port=port, admin_token=token)
+        running = start(model_dir, index_dir, host=host, port=port, admin_token=token, index_root=index_root)
     except KeyboardInterrupt:  # start() has already stopped what it started
         return 130
     _stop_on_signals()  # again: ray.init installed its own SIGTERM handler
@@ -90,14 +92,36 @@ def serve_until_interrupted(
         running.stop()
 
 
+def check_index_root(index_root: str | Path, index_dir: Path) -> Path:
+    """`--index-root` resolved: an existing folder that holds the collection the app starts with."""
+    root = Path(index_root).expanduser()
+    if not root.is_dir():
+        raise ImtextError(f"--index-root {root} is not a folder: give the folder your collections live in")
+    root = root.resolve()
+    if not index_dir.is_relative_to(root):
+        raise ImtextError(
+            f"--index {index_dir} is outside --index-root {root}: POST /admin/reload could never load it "
+            "back; pick a root that contains it"
+        )
+    return root
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
-    """`imtext serve --model DIR --index DIR [--host] [--port] [--ui-port] [--no-ui] [--address]`."""
+    """`imtext serve --model DIR --index DIR [--index-root DIR] [--host] [--port] [--ui-port] [--no-ui]
+    [--address]`."""
     from serve.launch import check_dirs
 
-    check_dirs(args.model, args.index)  # before Ray starts: a typo costs no start-up time
+    _, index = check_dirs(args.model, args.index)  # before Ray starts: a typo costs no start-up time
+    root = check_index_root(args.index_root, index) if args.index_root else None
     connect_ray(args)
     return serve_until_interrupted(
-        args.model, args.index, host=args.host, port=args.port, ui_port=args.ui_port, no_ui=args.no_ui
+        args.model,
+        args.index,
+        host=args.host,
+        port=args.port,
+        ui_port=args.ui_port,
+        no_ui=args.no_ui,
+        index_root=root,
     )
 
 

@@ -10,9 +10,11 @@ from imtext.errors import ImtextError
 
 
 def connect_ray(args: argparse.Namespace) -> None:
-    """Join --address (or RAY_ADDRESS) or start a local Ray with --ray-cpus logical CPUs."""
-    from imtext.ray_setup import ensure_ray
+    """Join --address (or RAY_ADDRESS) or start a local Ray with --ray-cpus logical CPUs; Ray's own log goes
+    to its files unless --verbose (imtext.ray_setup.configure_console)."""
+    from imtext.ray_setup import configure_console, ensure_ray
 
+    configure_console(verbose=getattr(args, "verbose", False))
     ensure_ray(getattr(args, "address", None), num_cpus=getattr(args, "ray_cpus", None))
 
 
@@ -77,36 +79,46 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.print_config:
         print(cfg.to_yaml())
         return 0
+    from imtext.report import epoch_printer
+
+    show = epoch_printer(cfg.train.epochs)  # a line per epoch: loss, samples/s, validation rsum
     if cfg.train.workers == 0:
-        from imtext.report import epoch_printer
         from imtext.train.loop import best_metrics, train_local
 
-        _, history = train_local(cfg, on_epoch=epoch_printer())
+        _, history = train_local(cfg, on_epoch=show)
         best = best_metrics(history)
     else:
         from imtext.model import read_metrics
         from imtext.train.ray_train import fit
 
         connect_ray(args)
-        result = fit(cfg, resume=args.resume)
+        result = fit(cfg, resume=args.resume, on_epoch=show)
         best = read_metrics(cfg.train.out).get("best", result.metrics)
     print_metrics(best, title=f"best validation epoch ({best.get('epoch', '?')})")
-    from imtext.storage import absolute
+    from imtext.ray_setup import logs_dir
+    from imtext.storage import absolute, join
 
     print(f"model directory: {absolute(cfg.train.out)}")  # a URI stays a URI
+    print(f"curves: {join(absolute(cfg.train.out), 'curves.png')} (loss, validation R@K and rsum per epoch)")
+    if logs_dir():
+        print(f"Ray's logs: {logs_dir()} (--verbose shows them here)")
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from imtext.data import load_pairs
+    from imtext.errors import ImtextError
     from imtext.evaluate import embed_split
-    from imtext.metrics import PROTOCOLS
+    from imtext.metrics import PROTOCOLS, bootstrap_interval
     from imtext.model import TwoBranch
-    from imtext.report import print_metrics
+    from imtext.report import print_metrics, print_table
     from imtext.train.batches import FeatureLookup, SplitView
 
+    if args.baseline and not args.features:
+        raise ImtextError("--baseline fits on precomputed features: give --features (from `imtext features`)")
     model = TwoBranch.load(args.model)
-    pairs = load_pairs(args.data, splits=[args.split])
+    splits = [args.split] + ([args.train_split, args.val_split] if args.baseline else [])
+    pairs = load_pairs(args.data, splits=list(dict.fromkeys(splits)))
     view = SplitView.from_table(pairs, args.split)
     features = None
     if args.features:
@@ -117,10 +129,28 @@ def cmd_eval(args: argparse.Namespace) -> int:
     img, txt = embed_split(model, view, features)
     protocol = PROTOCOLS[args.protocol]
     metrics = protocol(img, txt, view.caption_image)
-    print_metrics(
-        metrics,
-        title=f"{args.data} [{args.split}] {len(view.image_ids)} images, {len(view.captions)} captions",
-    )
+    title = f"{args.data} [{args.split}] {len(view.image_ids)} images, {len(view.captions)} captions"
+    print_metrics(metrics, title=title)
+    if args.baseline:
+        from imtext.baseline import QUALITY_COLUMNS, RidgeBaseline, quality_row
+
+        train = SplitView.from_table(pairs, args.train_split)
+        val = SplitView.from_table(pairs, args.val_split)
+        ridge, _ = RidgeBaseline.fit_selected(train, val, features)
+        r_img, r_txt = ridge.embed_split(view, features)
+        r_metrics = protocol(r_img, r_txt, view.caption_image)
+        rows = [
+            quality_row("model", metrics, bootstrap_interval(img, txt, view.caption_image)),
+            quality_row(
+                f"ridge baseline (lambda {ridge.lam:g})",
+                r_metrics,
+                bootstrap_interval(r_img, r_txt, view.caption_image),
+            ),
+        ]
+        print_table(f"{title}: model beside the linear baseline", QUALITY_COLUMNS, rows)
+        ratio = metrics["rsum"] / max(r_metrics["rsum"], 1e-9)
+        print(f"model rsum / ridge rsum = {ratio:.3f}")
+        metrics = {**metrics, "baseline": r_metrics, "baseline_lambda": ridge.lam}
     if args.json:
         from imtext.atomic import write_json
 

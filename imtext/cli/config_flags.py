@@ -7,6 +7,7 @@ import argparse
 import typing
 
 from imtext.config import Backbone, Config, Negatives, TextModel
+from imtext.recipes import load_recipe
 
 DATA_HELP = (
     "dataset as KIND:PATH - synth:DIR, coco:DIR, flickr8k:DIR, karpathy:FILE.json[,IMAGES_DIR], "
@@ -32,7 +33,12 @@ FLAG_KEYS = {
 
 def add_config_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("configuration (flags override --config, which overrides the defaults)")
-    g.add_argument("--config", metavar="YAML", help="a config file (e.g. best.yaml from `imtext tune`)")
+    g.add_argument(
+        "--config",
+        metavar="YAML|RECIPE",
+        help="a config file (e.g. best.yaml from `imtext tune`) or a packaged recipe by name: "
+        "synthetic (the synthetic world's settings; the defaults suit real photos)",
+    )
     g.add_argument("--data", metavar="KIND:PATH", help=DATA_HELP)
     g.add_argument(
         "--features", metavar="PARQUET", help="precomputed backbone features from `imtext features`"
@@ -72,7 +78,7 @@ def explicit_overrides(args: argparse.Namespace) -> list[str]:
 
 def load_config(args: argparse.Namespace) -> Config:
     """The resolved, validated config of a command: defaults < --config < flags < --set."""
-    cfg = Config.load(args.config) if getattr(args, "config", None) else Config()
+    cfg = load_recipe(args.config) if getattr(args, "config", None) else Config()
     cfg = cfg.override(flag_overrides(args))
     if getattr(args, "gpu", None) is not None:
         cfg.train.use_gpu = args.gpu

@@ -35,6 +35,9 @@ def _ray_options(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
         metavar="N",
         help="logical CPUs of a local Ray (default: the machine's cores); on a 2-core laptop 4 lets stages overlap",
     )
+    r.add_argument(
+        "--verbose", action="store_true", help="Ray's own log here too (default: in its log files)"
+    )
     return r
 
 
@@ -133,6 +136,14 @@ def build_parser() -> argparse.ArgumentParser:
         default="all",
         help="all images of the split (default), COCO 1K (mean of 5 folds) or 5K",
     )
+    ev.add_argument(
+        "--baseline",
+        action="store_true",
+        help="also fit the ridge TF-IDF -> image-feature baseline on --train-split (lambda chosen on "
+        "--val-split) and print its row beside the model's, with 95%% bootstrap intervals (needs --features)",
+    )
+    ev.add_argument("--train-split", default="train", help="the baseline's training split (default train)")
+    ev.add_argument("--val-split", default="val", help="the baseline's validation split (default val)")
     ev.add_argument("--json", metavar="FILE", help="also write the metrics as JSON")
     ev.set_defaults(func=_lazy(COMMANDS, "cmd_eval"))
 
@@ -197,6 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--port", type=int, default=8000, help="API port (default 8000)")
     srv.add_argument("--ui-port", type=int, default=7860, help="page port (default 7860)")
     srv.add_argument("--no-ui", action="store_true", help="only the API")
+    srv.add_argument(
+        "--index-root",
+        metavar="DIR",
+        help="the folder POST /admin/reload may load collections from (a relative index_dir is taken from "
+        "it); it must contain --index (default: the folder --index lies in)",
+    )
     _ray_options(srv)
     srv.set_defaults(func=_lazy(APPS, "cmd_serve"))
     ui = sub.add_parser("ui", help="only the search page, talking to a running API")
@@ -270,5 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=int, default=8000)
     demo.add_argument("--ui-port", type=int, default=7860)
+    demo.add_argument(
+        "--verbose", action="store_true", help="Ray's own log here too (default: in its log files)"
+    )
     demo.set_defaults(func=_lazy("imtext.cli.demo", "cmd_demo"))
     return parser

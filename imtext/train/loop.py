@@ -104,12 +104,7 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: Config, steps_per_epoch: int
 def loss_for_epoch(cfg: Config, epoch: int) -> RankingLoss:
     """Sum over negatives while warming up, then the configured strategy (VSE++ collapses otherwise)."""
     negatives = "all" if epoch < cfg.loss.warmup_epochs else cfg.loss.negatives
-    return RankingLoss(
-        margin=cfg.loss.margin,
-        negatives=negatives,
-        k=cfg.loss.topk,
-        weights=(cfg.loss.i2t_weight, cfg.loss.t2i_weight),
-    )
+    return RankingLoss.from_config(cfg.loss, negatives=negatives)
 
 
 def make_loader(setup: Setup, rank: int, world_size: int, device: torch.device) -> DataLoader:
@@ -291,7 +286,8 @@ def train_func(loop_config: dict[str, Any]) -> None:
 def train_local(
     cfg: Config, on_epoch: Callable[[dict[str, Any]], None] | None = None, max_steps: int = 0
 ) -> tuple[TwoBranch, list[dict[str, Any]]]:
-    """The same loop in this process, without Ray. Saves the best epoch (by validation rsum) to train.out."""
+    """The same loop in this process, without Ray. Saves the best epoch (by validation rsum) to train.out,
+    with metrics.json (every epoch) and curves.png (imtext.train.curves) beside it."""
     if cfg.train.out:
         refuse_foreign_out(cfg.train.out)  # before training, not after
     device = torch.device("cuda" if cfg.train.use_gpu and torch.cuda.is_available() else "cpu")
@@ -304,9 +300,11 @@ def train_local(
         if run.cfg.train.out and metrics is best_metrics(history):
             run.model.save(run.cfg.train.out, config=run.cfg)
     if run.cfg.train.out and history:
-        write_json(
-            Path(run.cfg.train.out) / "metrics.json", {"best": best_metrics(history), "history": history}
-        )
+        from imtext.train.curves import write_curves
+
+        out = Path(run.cfg.train.out)
+        write_json(out / "metrics.json", {"best": best_metrics(history), "history": history})
+        write_curves(history, out, title=f"{out.name}: in-process training")
     return run.model, history
 
 
