@@ -23,10 +23,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-# Modules that start Ray clusters of their own (`ray start --head`, a second raylet, the demo's local Ray).
-# They run after everything that uses the shared session Ray: in the full suite, a two-worker Ray Train run
-# on the shared Ray hung after them (its controller waited forever on resources that were free), while it
-# passed after each of them alone; the cause is not found yet (see the session notes).
+# Suite order. Ray Train's tests run first, on a fresh shared Ray: in the full suite a two-worker Ray Train run
+# hung after the Ray Data, Serve and Ray Train tests that come before it alphabetically (its controller
+# logged "Requesting resources: {'CPU': 1.0} * 2" and waited forever with 0 of 8 CPUs in use), while it
+# passed after each of several of them alone; the cause is not found yet (see the session notes).
+# Modules that start Ray clusters of their own (`ray start --head`, a second raylet, the demo's local Ray)
+# run last.
+FIRST_MODULES = {"test_ray_train"}
 OWN_CLUSTER_MODULES = {
     "test_demo",
     "test_documented_commands",
@@ -37,7 +40,11 @@ OWN_CLUSTER_MODULES = {
 
 
 def pytest_collection_modifyitems(config, items):
-    items.sort(key=lambda item: Path(str(item.fspath)).stem in OWN_CLUSTER_MODULES)  # stable: order kept
+    def rank(item) -> int:
+        module = Path(str(item.fspath)).stem
+        return 0 if module in FIRST_MODULES else 2 if module in OWN_CLUSTER_MODULES else 1
+
+    items.sort(key=rank)  # stable: the order within each group is kept
 
 
 @pytest.fixture(autouse=True)
