@@ -23,13 +23,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-# Suite order. Ray Train's tests run first, on a fresh shared Ray: in the full suite a two-worker Ray Train run
-# hung after the Ray Data, Serve and Ray Train tests that come before it alphabetically (its controller
-# logged "Requesting resources: {'CPU': 1.0} * 2" and waited forever with 0 of 8 CPUs in use), while it
-# passed after each of several of them alone; the cause is not found yet (see the session notes).
-# Modules that start Ray clusters of their own (`ray start --head`, a second raylet, the demo's local Ray)
-# run last.
-FIRST_MODULES = {"test_ray_train"}
+# Suite order. Every module that uses the shared session Ray runs first, back to back, while that Ray is fresh;
+# then the modules without Ray; the modules that start Ray clusters of their own (`ray start --head`, a
+# second raylet, the demo's local Ray) run last. In CI the shared Ray's later users hung (a two-worker Ray
+# Train run waiting on "Requesting resources: {'CPU': 1.0} * 2" with 0 of 8 CPUs in use; later Serve's
+# first replica never starting) when minutes of CPU-bound training (test_quality) ran between them on the
+# 2-core machine, while the same modules back to back pass. pytest-timeout (pyproject.toml) turns any hang
+# left into a failure with every thread's stack instead of a CI run that never ends.
+SHARED_RAY_MODULES = [
+    "test_ray_train",
+    "test_cluster_storage",
+    "test_collection",
+    "test_tune",
+    "test_serve",
+    "test_api_fuzz",
+    "test_ui",
+]
 OWN_CLUSTER_MODULES = {
     "test_demo",
     "test_documented_commands",
@@ -40,9 +49,11 @@ OWN_CLUSTER_MODULES = {
 
 
 def pytest_collection_modifyitems(config, items):
-    def rank(item) -> int:
+    def rank(item) -> tuple[int, int]:
         module = Path(str(item.fspath)).stem
-        return 0 if module in FIRST_MODULES else 2 if module in OWN_CLUSTER_MODULES else 1
+        if module in SHARED_RAY_MODULES:
+            return 0, SHARED_RAY_MODULES.index(module)
+        return (2, 0) if module in OWN_CLUSTER_MODULES else (1, 0)
 
     items.sort(key=rank)  # stable: the order within each group is kept
 

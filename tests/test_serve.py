@@ -12,6 +12,7 @@ import json
 import shutil
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -304,6 +305,8 @@ def test_health_info_and_docs(client, local, collections):
     model, col = local
     assert client.get("/healthz").json() == {"status": "ok"}
     info = client.get("/info").json()
+    trained = info["model"].pop("trained")  # when the model was exported, for the page's footer
+    assert datetime.fromisoformat(trained).tzinfo is not None, trained
     assert info["model"] == {
         "fingerprint": model.fingerprint,
         "text_model": model.text_config.model,
