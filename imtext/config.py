@@ -102,6 +102,11 @@ class LossConfig:
     # Hinge strategies: sum over all negatives for the first epochs, then switch to `negatives` (hardest
     # alone collapses on small data, a known VSE++ behaviour). Use 1-2 with hardest, semi-hard or top-k.
     warmup_epochs: int = 0
+    # Word-swap hard negatives (imtext.text.swap): per caption, this many copies with one word of
+    # `swap_words` replaced by another of its group, as extra negatives of its image (image annotation).
+    # They teach what a batch's easy negatives do not (shapes once colours tell captions apart).
+    swap_negatives: int = 0
+    swap_words: str = ""  # groups: "red green blue; circle square; left right", or "synthetic"
 
 
 @dataclass
@@ -215,6 +220,12 @@ class Config:
                 _check_choice(hints[f.name], getattr(part, f.name), f"{section.name}.{f.name}")
         if self.loss.margin < 0:
             raise ImtextError("loss.margin must be >= 0")
+        if self.loss.swap_negatives < 0:
+            raise ImtextError("loss.swap_negatives must be >= 0")
+        if self.loss.swap_negatives:
+            from imtext.text.swap import parse_groups
+
+            parse_groups(self.loss.swap_words)  # a clear error now, not in a worker
         if self.train.batch_size < 2:
             raise ImtextError("train.batch_size must be at least 2 (the loss needs negatives)")
         name = self.train.name

@@ -268,9 +268,11 @@ def _progress(total: int, label: str, show: bool) -> Iterator[Callable[[int], No
         yield lambda n: None
         return
     from rich.console import Console
-    from rich.progress import Progress, TimeElapsedColumn
+    from rich.progress import MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    with Progress(*Progress.get_default_columns(), TimeElapsedColumn(), console=Console(stderr=True)) as bar:
+    # the live count of rows embedded (each becomes one vector of the index), then the time so far
+    columns = (*Progress.get_default_columns(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True)) as bar:
         task = bar.add_task(label, total=total)
         yield lambda n: bar.advance(task, n)
 

@@ -129,9 +129,16 @@ class RankingLoss(nn.Module):
         self._negatives = name
 
     def components(
-        self, img: torch.Tensor, txt: torch.Tensor, positive_mask: torch.Tensor | None = None
+        self,
+        img: torch.Tensor,
+        txt: torch.Tensor,
+        positive_mask: torch.Tensor | None = None,
+        hard: torch.Tensor | None = None,
+        hard_valid: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """The unweighted i2t and t2i terms (each a scalar with gradient)."""
+        """The unweighted i2t and t2i terms (each a scalar with gradient). `hard` (B, S, D): S more
+        negatives per row, for that row's image only (word-swapped captions, imtext.text.swap), counted
+        where `hard_valid` (B, S) is True; they join image i's negatives like any other caption."""
         if img.ndim != 2 or img.shape != txt.shape:
             raise ValueError(
                 f"img and txt must both be (B, D) with the same shape, got {tuple(img.shape)} and {tuple(txt.shape)}"
@@ -147,14 +154,27 @@ class RankingLoss(nn.Module):
                 raise ValueError(f"positive_mask must be ({n}, {n}), got {tuple(positive_mask.shape)}")
             neg = neg & ~positive_mask.to(device=sim.device, dtype=torch.bool)
         args = (self.margin, self._negatives, self.k, self.temperature)
-        i2t = _anchor_costs(sim, neg, *args).mean()
         t2i = _anchor_costs(sim.T, neg.T, *args).mean()
+        if hard is not None:
+            if hard.ndim != 3 or hard.shape[0] != n or hard.shape[2] != img.shape[1]:
+                raise ValueError(f"hard must be ({n}, S, {img.shape[1]}), got {tuple(hard.shape)}")
+            valid = torch.ones(hard.shape[:2], dtype=torch.bool) if hard_valid is None else hard_valid
+            with torch.autocast(img.device.type, enabled=False):
+                extra = torch.einsum("bd,bsd->bs", img.to(dtype), hard.to(dtype))
+            sim = torch.cat([sim, extra], dim=1)  # the diagonal (the positives) is unchanged
+            neg = torch.cat([neg, valid.to(device=sim.device, dtype=torch.bool)], dim=1)
+        i2t = _anchor_costs(sim, neg, *args).mean()
         return {"i2t": i2t, "t2i": t2i}
 
     def forward(
-        self, img: torch.Tensor, txt: torch.Tensor, positive_mask: torch.Tensor | None = None
+        self,
+        img: torch.Tensor,
+        txt: torch.Tensor,
+        positive_mask: torch.Tensor | None = None,
+        hard: torch.Tensor | None = None,
+        hard_valid: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        parts = self.components(img, txt, positive_mask)
+        parts = self.components(img, txt, positive_mask, hard, hard_valid)
         self.last_parts = {name: value.detach() for name, value in parts.items()}
         return self.weights[0] * parts["i2t"] + self.weights[1] * parts["t2i"]
 

@@ -115,6 +115,7 @@ def start(
     wait_s: float = 300.0,
     request_timeout_s: float = 60.0,
     index_root: str | Path | None = None,
+    proxy_location: str | None = None,
 ) -> ServeHandleInfo:
     """Deploy the app on `host:port` and return once GET /healthz answers.
 
@@ -123,6 +124,7 @@ def start(
     index_root of POST /admin/reload). `request_timeout_s` is the HTTP proxy's last-resort deadline (the app
     answers 503 itself long before it), as serve/config.yaml sets it. `index_root` (`imtext serve
     --index-root`) is the folder POST /admin/reload may load from; default: the folder `index_dir` lies in.
+    `proxy_location`: Serve's (EveryNode, its default, or HeadOnly); it applies when this call starts Serve.
     """
     import ray
     from ray import serve
@@ -146,7 +148,10 @@ def start(
         started_ray=started_ray,
     )
     try:
-        serve.start(http_options={"host": host, "port": port, "request_timeout_s": request_timeout_s})
+        serve.start(
+            proxy_location=proxy_location,
+            http_options={"host": host, "port": port, "request_timeout_s": request_timeout_s},
+        )
         serve.run(app, name=app_name, route_prefix="/", blocking=False)
         wait_healthy(info.url, wait_s)
     except BaseException:

@@ -38,6 +38,7 @@ SHARED_RAY_MODULES = [
     "test_serve",
     "test_api_fuzz",
     "test_ui",
+    "test_ui_examples",
 ]
 OWN_CLUSTER_MODULES = {
     "test_demo",

@@ -94,3 +94,45 @@ def test_training_with_file_uris_writes_checkpoints_and_model_where_they_say(
     )
     assert TwoBranch.load(models / "tiny").embed_texts(["a red circle"]).shape == (1, 32)
     assert list(work.iterdir()) == []  # no `file:` folder, no ray_results in the job's working directory
+
+
+@pytest.mark.ray
+@pytest.mark.slow  # one short Tune search: ~30 s here
+def test_tune_with_a_file_uri_storage_keeps_the_experiment_and_outputs_there(
+    ray_session, synth_world, tmp_path, monkeypatch
+):
+    """`imtext tune --storage file://...`: the trials' checkpoints and Tune's state live under
+    <storage>/<run folder name>, the outputs (results table, best.yaml, best_model) are copied there too,
+    and nothing lands in the working directory but the local run folder asked for."""
+    from tune.run import run_tune
+
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    store = tmp_path / "shared" / "tune"
+    base = tiny_config(
+        synth_world,
+        str(tmp_path / "unused"),
+        **{"data.max_train_pairs": 256, "text.hidden_dim": 64, "model.embed_dim": 32, "model.mlp_hidden": 0},
+    )
+    run_tune(
+        base,
+        Path(__file__).resolve().parents[1] / "tune" / "spaces" / "smoke.yaml",
+        trials=1,
+        scheduler="none",
+        overrides={"train.epochs": 1},
+        concurrent=1,
+        cpus_per_trial=1,
+        run_dir=work / "search",
+        storage=f"file://{store}",
+        verbose=0,
+        summary=False,
+    )
+    experiment = store / "search"
+    assert list(experiment.glob("*/checkpoint_*/weights.safetensors")), sorted(
+        str(p.relative_to(store)) for p in store.rglob("*")
+    )[:20]
+    for output in ("results.parquet", "best.yaml", "best_model/weights.safetensors"):
+        assert (experiment / output).is_file(), output
+    assert sorted(p.name for p in work.iterdir()) == ["search"]  # the local outputs, no file: folder
+    assert not list((work / "search").glob("*/checkpoint_*"))  # the checkpoints are in the storage only

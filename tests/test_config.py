@@ -62,3 +62,37 @@ def test_cli_choices_are_the_configs(flag, key, capsys):
     with pytest.raises(SystemExit):
         parser.parse_args(["train", flag, "bogus"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_swap_negatives_need_word_groups():
+    """loss.swap_negatives without loss.swap_words (or with a malformed group) fails at validation, in the
+    command that was typed, not later in a Ray worker."""
+    base = Config().override({"loss.swap_negatives": 1})
+    with pytest.raises(ImtextError, match="swap_words is empty"):
+        base.validate()
+    with pytest.raises(ImtextError, match="in two groups"):
+        base.override({"loss.swap_words": "red green; green blue"}).validate()
+    with pytest.raises(ImtextError, match="swap_negatives must be >= 0"):
+        Config().override({"loss.swap_negatives": -1}).validate()
+    assert base.override({"loss.swap_words": "synthetic"}).validate().loss.swap_negatives == 1
+
+
+def test_serve_app_args_are_typed_and_checked_before_ray_starts():
+    """`imtext serve --app-arg KEY=VALUE`: YAML values into serve.app's AppArgs; unknown keys, bad types
+    and the keys imtext serve's own flags set are refused with the reason, before any Ray start."""
+    from imtext.cli.apps import parse_app_args
+
+    shard = "shard={ray_actor_options: {num_cpus: 0.5, resources: {imtext_shard: 1}}}"
+    assert parse_app_args(["shard_slots=4", shard]) == {
+        "shard_slots": 4,
+        "shard": {"ray_actor_options": {"num_cpus": 0.5, "resources": {"imtext_shard": 1}}},
+    }
+    for bad, message in [
+        (["shards=2"], "unknown; known: "),
+        (["shard_slots=many"], "shard_slots"),
+        (["model_dir=/x"], "own flag"),
+        (["shard_slots"], "KEY=VALUE"),
+        (["shard={a: [}"], "not YAML"),
+    ]:
+        with pytest.raises(ImtextError, match=message):
+            parse_app_args(bad)

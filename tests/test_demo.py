@@ -4,12 +4,10 @@ console (under 40 lines to "ready", Ray's own log only with --verbose) that stil
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -18,55 +16,32 @@ import psutil
 import pytest
 
 from tests.conftest import free_port
+from tests.logged_process import start_logged, wait_for_line
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 IMTEXT = str(Path(sys.executable).parent / "imtext")
 
 
 def _start(workdir: Path, port: int, ui_port: int, *extra: str) -> tuple[subprocess.Popen, list[str]]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "160"}
-    env.pop("RAY_ADDRESS", None)
-    proc = subprocess.Popen(
-        [
-            IMTEXT,
-            "demo",
-            "--tiny",
-            "--workdir",
-            str(workdir),
-            "--port",
-            str(port),
-            "--ui-port",
-            str(ui_port),
-            *extra,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-        start_new_session=True,
-    )
-    lines: list[str] = []
-
-    def pump() -> None:
-        for line in proc.stdout:
-            lines.append(line)
-            sys.stdout.write(line)
-
-    threading.Thread(target=pump, daemon=True).start()
-    return proc, lines
+    cmd = [
+        IMTEXT,
+        "demo",
+        "--tiny",
+        "--workdir",
+        str(workdir),
+        "--port",
+        str(port),
+        "--ui-port",
+        str(ui_port),
+    ]
+    return start_logged([*cmd, *extra])
 
 
 def _wait_for(lines: list[str], proc: subprocess.Popen, needle: str, timeout: float) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if any(needle in line for line in lines):
-            return
-        if proc.poll() is not None:
-            time.sleep(0.5)
-            pytest.fail(f"demo exited ({proc.returncode}) before {needle!r}:\n{''.join(lines)[-4000:]}")
-        time.sleep(0.5)
-    proc.kill()
-    pytest.fail(f"no {needle!r} within {timeout} s:\n{''.join(lines)[-4000:]}")
+    try:
+        wait_for_line(lines, proc, needle, timeout)
+    except RuntimeError as e:
+        pytest.fail(f"demo: {e}")
 
 
 def _descendants(pid: int) -> list[psutil.Process]:

@@ -28,6 +28,10 @@ class Pair(nn.Module):
     def forward(self, x, y):
         return F.normalize(self.img(x), dim=-1), F.normalize(self.txt(y), dim=-1)
 
+    def hard(self, y):
+        """Stand-ins for word-swapped captions: one extra negative per row, through the text branch."""
+        return F.normalize(self.txt(y.flip(1)), dim=-1).unsqueeze(1)
+
 
 def _data():
     g = torch.Generator().manual_seed(0)
@@ -36,17 +40,23 @@ def _data():
     return x, y, index
 
 
-def _single(strategy: str, gather: bool):
+def _hard(model, y, rows=slice(None)):
+    hard = model.hard(y[rows])
+    return hard, torch.arange(B)[rows].unsqueeze(1) % 3 != 0  # some rows without a swap
+
+
+def _single(strategy: str, gather: bool, hard: bool = False):
     torch.manual_seed(0)
     model = Pair()
     x, y, index = _data()
     img, txt = model(x, y)
-    loss = batch_loss(RankingLoss(0.2, strategy, k=2), img, txt, index, gather=gather)
+    extra = _hard(model, y) if hard else (None, None)
+    loss = batch_loss(RankingLoss(0.2, strategy, k=2), img, txt, index, gather, *extra)
     loss.backward()
     return float(loss.detach()), {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
-def _worker(rank: int, world: int, port: int, strategy: str, gather: bool, out: dict) -> None:
+def _worker(rank: int, world: int, port: int, strategy: str, gather: bool, hard: bool, out: dict) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.manual_seed(0)
@@ -54,7 +64,8 @@ def _worker(rank: int, world: int, port: int, strategy: str, gather: bool, out: 
     x, y, index = _data()
     rows = slice(rank * B // world, (rank + 1) * B // world)
     img, txt = model(x[rows], y[rows])
-    loss = batch_loss(RankingLoss(0.2, strategy, k=2), img, txt, index[rows], gather=gather)
+    extra = _hard(model.module, y, rows) if hard else (None, None)
+    loss = batch_loss(RankingLoss(0.2, strategy, k=2), img, txt, index[rows], gather, *extra)
     loss.backward()
     if rank == 0:
         out["loss"] = float(loss.detach())
@@ -72,17 +83,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _distributed(strategy: str, gather: bool):
+def _distributed(strategy: str, gather: bool, hard: bool = False):
     with mp.Manager() as manager:
         out = manager.dict()
-        mp.spawn(_worker, args=(2, _free_port(), strategy, gather, out), nprocs=2, join=True)
+        mp.spawn(_worker, args=(2, _free_port(), strategy, gather, hard, out), nprocs=2, join=True)
         return out["loss"], dict(out["grads"])
 
 
-@pytest.mark.parametrize("strategy", ["hardest", "all"])
-def test_two_workers_with_gather_equal_one_big_batch(strategy):
-    loss_1, grads_1 = _single(strategy, gather=True)
-    loss_2, grads_2 = _distributed(strategy, gather=True)
+@pytest.mark.parametrize(
+    "strategy, hard", [("hardest", False), ("all", False), ("infonce", True)], ids=["hardest", "all", "swaps"]
+)
+def test_two_workers_with_gather_equal_one_big_batch(strategy, hard):
+    """`swaps`: with word-swap hard negatives (each row's own, some rows without) as well."""
+    loss_1, grads_1 = _single(strategy, gather=True, hard=hard)
+    loss_2, grads_2 = _distributed(strategy, gather=True, hard=hard)
     assert loss_2 == pytest.approx(loss_1, rel=1e-5, abs=1e-6)
     for name, g in grads_1.items():
         torch.testing.assert_close(grads_2[name], g, rtol=1e-4, atol=1e-6, msg=f"gradient of {name}")

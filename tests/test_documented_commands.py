@@ -125,6 +125,9 @@ NOT_RUN_HERE = {
     "--out runs/f8k-model": _REAL,
     "imtext eval --model runs/f8k-model --data flickr8k:DIR --features runs/f8k.parquet --split test "
     "--baseline": _REAL,
+    "imtext serve --address HEAD:6379 --model /data/models/coco-resnet50 --index /data/indexes/coco-resnet50 "
+    "--app-arg 'shard={ray_actor_options: {num_cpus: 1, resources: {imtext_shard: 1}}}'": _REMOTE
+    + "; tests/test_multinode.py runs it on a two-node cluster (one shard per node)",
     "imtext train --resume": "continues an interrupted run: a second Ray Train run (~25 s) that "
     "tests/test_ray_train.py already runs in-process",
 }

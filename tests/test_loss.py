@@ -218,3 +218,50 @@ def test_train_epoch_reports_each_directions_loss(synth_world, tmp_path):
     row = history[0]
     assert row["loss_i2t"] > 0 and row["loss_t2i"] > 0
     assert row["loss"] == pytest.approx(row["loss_i2t"] + 0.5 * row["loss_t2i"], rel=1e-4)
+
+
+# ---- word-swap hard negatives (loss.swap_negatives) ----------------------------------------------------------
+
+
+def test_hard_negatives_join_their_own_images_annotation_negatives_only():
+    """A hard negative of image 0 (a swapped caption) that scores above image 0's own caption raises only
+    image 0's i2t cost, by the hinge worked out on paper; t2i is untouched; invalid ones count for nothing."""
+    img, txt = _pair()
+    loss = RankingLoss(margin=0.2, negatives="all")
+    plain = loss.components(img, txt)
+    hard = torch.zeros(3, 1, 3, dtype=torch.float64)
+    hard[0, 0, 0] = 0.95  # image 0 . its hard negative = 0.95 > its positive 0.9: cost 0.2 + 0.05
+    with_hard = loss.components(img, txt, hard=hard, hard_valid=torch.tensor([[True], [True], [True]]))
+    assert with_hard["t2i"].item() == pytest.approx(plain["t2i"].item())
+    # rows 1 and 2: their hard negatives score 0, below positives 0.6 / 0.3 by more than the margin, except
+    # row 2: 0.2 + 0 - 0.3 < 0 too; so only row 0 gains 0.25
+    assert with_hard["i2t"].item() == pytest.approx(plain["i2t"].item() + 0.25 / 3)
+    ignored = loss.components(img, txt, hard=hard, hard_valid=torch.zeros(3, 1, dtype=torch.bool))
+    assert ignored["i2t"].item() == pytest.approx(plain["i2t"].item())
+    for strategy in NEGATIVE_STRATEGIES:  # every strategy takes them, and the gradient reaches them
+        hard_g = hard.clone()
+        hard_g[0, 0, 0] = 0.85  # the hardest negative of image 0, and below its positive (semi-hard's pick)
+        hard_g.requires_grad_(True)
+        out = RankingLoss(negatives=strategy)(img, txt, hard=hard_g)
+        out.backward()
+        assert hard_g.grad is not None and hard_g.grad[0].abs().sum() > 0, strategy
+    with pytest.raises(ValueError, match="hard must be"):
+        loss.components(img, txt, hard=torch.zeros(3, 3))
+
+
+def test_training_with_word_swaps_adds_them_to_each_images_negatives(synth_world, tmp_path):
+    """Through the real loop (dataset, collate, one forward for captions and swaps): the first step's
+    image-annotation loss grows with a swapped caption per image (InfoNCE: one more term in every
+    softmax), the image-search loss stays as it was (same model, same batch)."""
+    from imtext.train.loop import train_local
+    from tests.conftest import tiny_config
+
+    def first_step(**swaps):
+        overrides = {"train.epochs": 1, "loss.negatives": "infonce", **swaps}
+        cfg = tiny_config(synth_world, tmp_path / f"model{len(swaps)}", **overrides)
+        return train_local(cfg, max_steps=1)[1][0]
+
+    plain = first_step()
+    swapped = first_step(**{"loss.swap_negatives": 2, "loss.swap_words": "synthetic"})
+    assert swapped["loss_i2t"] > plain["loss_i2t"] + 1e-3
+    assert swapped["loss_t2i"] == pytest.approx(plain["loss_t2i"], rel=1e-5)

@@ -194,3 +194,84 @@ def test_generate_rejects_bad_arguments(tmp_path):
         generate(tmp_path / "w", n_images=2, image_size=16)
     with pytest.raises(DataError, match="at least one image"):
         generate(tmp_path / "w", n_images=0, order_pairs=0)
+
+
+# -- reading a sentence back: what it requires of a scene (#16: precision@5 of the page's examples) ----------
+
+
+def test_every_caption_matches_its_own_scene_and_not_its_mirror_twin(world, table):
+    from imtext.data.synth import SceneIndex
+
+    scenes = SceneIndex.load(world)
+    for image_id, captions in _captions_by_image(table).items():
+        for cap in captions:
+            assert scenes.unmet(cap, image_id, sizes=True) == [], (image_id, cap)
+        if image_id.startswith("order_"):  # the twin holds the same objects, the other way round
+            twin = image_id[:-1] + ("b" if image_id.endswith("a") else "a")
+            for cap in captions:
+                assert any("not left" in r or "not above" in r for r in scenes.unmet(cap, twin)), cap
+
+
+def test_parse_query_reads_objects_counts_positions_and_relations():
+    from imtext.data.synth import Mention, parse_query
+
+    q = parse_query("A red circle to the left of a big blue square")
+    assert q.mentions == (Mention("red", "circle"), Mention("blue", "square", size="large"))
+    assert q.relation == (0, "left", 1) and q.total is None
+    q = parse_query("on the left side there is a little purple cross")
+    assert q.mentions == (Mention("purple", "cross", size="small", position="on the left"),)
+    q = parse_query("there are two white triangles at the top right")
+    assert q.mentions == (
+        Mention("white", "triangle", at_least=2, at_most=2, position="in the top right corner"),
+    )
+    assert parse_query("a pair of green crosses").mentions[0].at_most == 2
+    assert parse_query("exactly one yellow circle").mentions[0].at_most == 1
+    assert parse_query("yellow circles").mentions[0] == Mention("yellow", "circle", at_least=2)
+    assert parse_query("three objects").total == 3 and parse_query("a single shape").total == 1
+    assert parse_query("a green square under a red cross").relation == (0, "below", 1)
+    assert parse_query("something in the centre").position == "in the middle"
+    with pytest.raises(DataError, match="names no object"):
+        parse_query("a dog catching a frisbee")
+
+
+def test_scene_checks_and_precision_at_k():
+    from imtext.data.synth import Obj, Scene, SceneIndex
+
+    def obj(color, shape, cx, cy, size="small"):
+        return Obj(shape, color, size, cx, cy, 6.0, COLORS[color])
+
+    bg = (40, 40, 40)
+    scenes = SceneIndex(
+        {
+            "left": Scene([obj("red", "circle", 10, 32), obj("blue", "square", 50, 32, "large")], bg),
+            "right": Scene([obj("red", "circle", 50, 32), obj("blue", "square", 10, 32, "large")], bg),
+            "no-square": Scene([obj("red", "circle", 10, 32), obj("blue", "cross", 50, 32)], bg),
+            "two": Scene([obj("red", "circle", 10, 10), obj("red", "circle", 10, 50)], bg),
+        },
+        image_size=64,
+    )
+    query = "a red circle left of a blue square"
+    assert scenes.unmet(query, "left") == []
+    assert scenes.unmet(query, "right") == ["red circle not left blue square"]
+    assert scenes.unmet(query, "no-square")[0] == "1+ blue square: 0 in the scene"
+    assert scenes.relevant("a small blue square", sizes=True) == []
+    assert scenes.relevant("a small blue square") == ["left", "right"]  # sizes only when asked
+    assert scenes.relevant("two red circles on the left") == ["two"]
+    assert scenes.relevant("a red circle on the left") == ["left", "no-square", "two"]
+    assert scenes.relevant("a red circle in the middle") == []
+    assert scenes.relevant("three shapes") == [] and scenes.relevant("two objects") == list(scenes.scenes)
+
+    p = scenes.precision_at_k(query, ["right", "left", "two"], k=3)
+    assert (p.hits, p.k, p.relevant, p.ceiling) == (1, 3, 1, 1) and p.most  # the only match is there
+    assert p.colour_hits == 2  # "two" has no blue: red circle and blue square colours are in the other two
+    assert p.unmet[0] and p.unmet[1] == ()
+    p = scenes.precision_at_k("a red circle", ["two", "no-square", "right", "left"], k=4)
+    assert (p.hits, p.value, p.most) == (4, 1.0, True)
+    p = scenes.precision_at_k("a red circle on the left", ["right", "left", "two"], k=3)
+    assert (p.hits, p.relevant, p.most) == (2, 3, True)
+    p = scenes.precision_at_k("a red circle on the left", ["right", "left", "two", "no-square", "x"][:4], k=4)
+    assert (p.hits, p.most) == (3, True)
+    p = scenes.precision_at_k("a red circle on the left", ["right", "left"], k=2)
+    assert (p.hits, p.most) == (1, False)  # 2 of 2 were possible
+    with pytest.raises(DataError, match="not an image"):
+        scenes.unmet(query, "elsewhere")

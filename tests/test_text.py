@@ -252,3 +252,43 @@ def test_build_text_encoder_rejects_mismatched_featurizer(vocab):
         build_text_encoder(_cfg("gru"), TextFeaturizer("bow", vocab))
     with pytest.raises(ImtextError, match="hash_buckets"):
         build_text_encoder(_cfg("bigram", hash_buckets=32), TextFeaturizer("bigram", vocab, hash_buckets=64))
+
+
+# ---- word-swap hard negatives ---------------------------------------------------------------------------------
+
+
+def test_word_swap_replaces_one_word_by_another_of_its_group():
+    import random
+
+    from imtext.text.swap import WordSwap, parse_groups
+
+    swap = WordSwap(parse_groups("red, green blue; circle square ;left right"))
+    rng = random.Random(0)
+    caption = "A red circle on the left."
+    seen = set()
+    for _ in range(200):
+        out = swap(caption, rng)
+        before, after = tokenize(caption), out.split()
+        changed = [(a, b) for a, b in zip(before, after) if a != b]
+        assert len(after) == len(before) and len(changed) == 1, out
+        a, b = changed[0]
+        assert swap.group_of[a] == swap.group_of[b]
+        seen.add(b)
+    assert seen == {"green", "blue", "square", "right"}  # every alternative comes up
+    assert swap("a dog on a beach", rng) is None  # nothing to swap
+
+
+def test_swap_groups_synthetic_and_errors():
+    from imtext.data.synth import COLORS, SHAPES
+    from imtext.text.swap import parse_groups
+
+    groups = parse_groups("synthetic")
+    assert tuple(COLORS) in groups and SHAPES in groups
+    for bad, message in [
+        ("red", "at least two words"),
+        ("red green; green blue", "in two groups"),
+        ("red-ish green", "not one word"),
+        (" ; ", "empty"),
+    ]:
+        with pytest.raises(ImtextError, match=message):
+            parse_groups(bad)

@@ -11,6 +11,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 from imtext.cli.commands import connect_ray
 from imtext.cli.config_flags import explicit_overrides, load_config
@@ -42,13 +43,15 @@ def serve_until_interrupted(
     exit_after_ready: bool = False,
     started: float | None = None,
     index_root: str | Path | None = None,
+    options: dict[str, Any] | None = None,
+    proxy_location: str | None = None,
 ) -> int:
     """The API (and the page unless `no_ui`) until Ctrl-C, then everything stops (`imtext serve`, the demo).
 
     Uses the Ray this process is connected to (else a local one). `exit_after_ready` stops as soon as both
     answer (a smoke check); `started` (a perf_counter value) makes the ready line say how long the whole
     run took to get there. `index_root` is the folder POST /admin/reload may load from (default: the
-    folder `index_dir` lies in).
+    folder `index_dir` lies in). `options`: more build_app arguments; `proxy_location`: Serve's.
     """
     from serve.launch import start
 
@@ -56,7 +59,16 @@ def serve_until_interrupted(
     console.print("starting Ray Serve (the first start takes a while) ...")
     _stop_on_signals()
     try:
-        running = start(model_dir, index_dir, host=host, port=port, admin_token=token, index_root=index_root)
+        running = start(
+            model_dir,
+            index_dir,
+            host=host,
+            port=port,
+            admin_token=token,
+            index_root=index_root,
+            options=options,
+            proxy_location=proxy_location,
+        )
     except KeyboardInterrupt:  # start() has already stopped what it started
         return 130
     _stop_on_signals()  # again: ray.init installed its own SIGTERM handler
@@ -113,6 +125,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     _, index = check_dirs(args.model, args.index)  # before Ray starts: a typo costs no start-up time
     root = check_index_root(args.index_root, index) if args.index_root else None
+    options = parse_app_args(args.app_arg)
     connect_ray(args)
     return serve_until_interrupted(
         args.model,
@@ -122,7 +135,37 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ui_port=args.ui_port,
         no_ui=args.no_ui,
         index_root=root,
+        options=options,
+        proxy_location=args.proxy_location,
     )
+
+
+def parse_app_args(assignments: list[str]) -> dict[str, Any]:
+    """`--app-arg KEY=VALUE` (YAML values) as build_app arguments, checked before Ray starts (the keys
+    `imtext serve` sets from its own flags are refused here: give them as flags)."""
+    import yaml
+
+    from serve.app import AppArgs, parse_args
+
+    own = {"model_dir", "index_dir", "index_root", "admin_token"}
+    options: dict[str, Any] = {}
+    for item in assignments:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ImtextError(f"--app-arg {item!r} must look like KEY=VALUE")
+        if key in own:
+            raise ImtextError(f"--app-arg {key}: use imtext serve's own flag (or IMTEXT_ADMIN_TOKEN) for it")
+        if key not in AppArgs.model_fields:
+            raise ImtextError(
+                f"--app-arg {key}: unknown; known: {', '.join(sorted(set(AppArgs.model_fields) - own))}"
+            )
+        try:
+            options[key] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError as e:
+            raise ImtextError(f"--app-arg {key}: the value is not YAML ({e.problem})") from None
+    parse_args({"model_dir": ".", "index_dir": ".", **options})  # every value's type, before Ray starts
+    return options
 
 
 def cmd_ui(args: argparse.Namespace) -> int:

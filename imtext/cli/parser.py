@@ -214,6 +214,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="the folder POST /admin/reload may load collections from (a relative index_dir is taken from "
         "it); it must contain --index (default: the folder --index lies in)",
     )
+    srv.add_argument(
+        "--app-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a Serve app argument (serve/config.yaml's `args`; the value is YAML), repeatable, e.g. "
+        "shard_slots=4 or 'shard={ray_actor_options: {resources: {imtext_shard: 1}}}' (one shard per "
+        "node that declares the resource)",
+    )
+    srv.add_argument(
+        "--proxy-location",
+        choices=["EveryNode", "HeadOnly"],
+        default="EveryNode",
+        help="where Serve runs its HTTP proxies (Ray's default: EveryNode; HeadOnly when the nodes share "
+        "one host, as in a test cluster)",
+    )
     _ray_options(srv)
     srv.set_defaults(func=_lazy(APPS, "cmd_serve"))
     ui = sub.add_parser("ui", help="only the search page, talking to a running API")

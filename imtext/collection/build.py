@@ -170,9 +170,11 @@ def build_collection(
     actors: int = 2,
     batch_size: int = 64,
     progress: bool = True,
+    summary: bool | None = None,
 ) -> Path:
     """Embed every image and caption of `data_spec` (`splits`, default all) with the model and write the
-    collection to `out` (replacing an earlier collection there, atomically). Returns the folder."""
+    collection to `out` (replacing an earlier collection there, atomically). Returns the folder.
+    `progress`: a live count of the items embedded; `summary` (default: as `progress`): a table at the end."""
     from imtext.data import image_roots, load_pairs, split_names
 
     out = Path(out)
@@ -220,7 +222,7 @@ def build_collection(
             "embedding": report.engine,
         }
         write_json(tmp / INFO, info)  # last: a folder with collection.json is complete
-    if progress:
+    if progress if summary is None else summary:
         _print_summary(f"collection {out}", rows, report)
     return out
 

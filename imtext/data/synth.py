@@ -534,3 +534,277 @@ def read_scenes(root: str | Path) -> list[dict]:
     return [
         json.loads(line) for line in (root / "scenes.jsonl").read_text(encoding="utf-8").splitlines() if line
     ]
+
+
+# ---------------------------------------------------------------- reading a sentence back: what it requires
+#
+# A caption of this world (or a query typed in its words) names objects, and may add sizes, counts,
+# positions in the frame, one relation between two objects and the number of shapes in all. `parse_query`
+# turns it into a `SceneQuery`; `SceneQuery.unmet(scene, size)` says what a scene lacks, judged by the
+# same geometry that wrote the captions (`positions`, `relations`). That is how a retrieval is scored exactly:
+# an image matches a query when its scene has everything the query says (sizes only when asked).
+
+_SHAPE_OF = {**{s: s for s in SHAPES}, **{p: s for s, p in PLURALS.items()}}
+_SIZE_OF = {w: size for size, words in SIZE_WORDS.items() for w in words}
+_NUMBER_OF = {word: n for n, word in NUMBERS.items()}
+_REL_OF = {"above": "above", "over": "above", "below": "below", "under": "below", "beneath": "below"}
+_TOTAL_NOUNS = ("shape", "shapes", "object", "objects")
+# position phrases, longest first, each as (tokens, the canonical phrase `positions` writes); a slot in
+# braces takes one of the listed words
+_POSITION_PATTERNS: list[tuple[tuple[str, ...], str]] = [
+    (("in", "the", "{v}", "{h}", "corner"), "in the {v} {h} corner"),
+    (("at", "the", "{v}", "{h}"), "in the {v} {h} corner"),
+    (("on", "the", "{h}", "side"), "on the {h}"),
+    (("on", "the", "{h}"), "on the {h}"),
+    (("at", "the", "{v}"), "at the {v}"),
+    (("near", "the", "{v}"), "at the {v}"),
+    (("in", "the", "{m}"), "in the middle"),
+]
+_SLOTS = {"{v}": ("top", "bottom"), "{h}": ("left", "right"), "{m}": ("middle", "centre", "center")}
+
+
+@dataclass(frozen=True)
+class Mention:
+    """One object (or group of identical objects) a sentence names: 'two big red circles on the left'."""
+
+    color: str
+    shape: str
+    size: str | None = None  # "small" / "large" when the sentence says
+    at_least: int = 1  # "a red circle": one or more; "two red circles": exactly two
+    at_most: int | None = None
+    position: str | None = None  # the canonical phrase of `positions`, e.g. "on the left"
+
+    def describe(self) -> str:
+        n = f"{self.at_least}" if self.at_most == self.at_least else f"{self.at_least}+"
+        size = f"{self.size} " if self.size else ""
+        return f"{n} {size}{self.color} {self.shape}" + (f" {self.position}" if self.position else "")
+
+
+@dataclass(frozen=True)
+class SceneQuery:
+    """What a sentence requires of a scene (see `parse_query`)."""
+
+    text: str
+    mentions: tuple[Mention, ...]
+    relation: tuple[int, str, int] | None = None  # mention i lies left/right/above/below of mention j
+    total: int | None = None  # "three shapes": the scene holds exactly this many objects
+    position: str | None = None  # a position that names no object ("something on the left"): any object
+
+    def unmet(self, scene: Scene, image_size: int, sizes: bool = False) -> list[str]:
+        """What the scene lacks, one short reason each; empty when the scene matches. Colours, shapes,
+        counts, positions and the relation are always checked; sizes only with `sizes=True`."""
+        objs = scene.objects
+
+        def found(m: Mention) -> list[Obj]:
+            return [
+                o
+                for o in objs
+                if o.color == m.color and o.shape == m.shape and (not sizes or not m.size or o.size == m.size)
+            ]
+
+        out = []
+        for m in self.mentions:
+            have = found(m)
+            if len(have) < m.at_least or (m.at_most is not None and len(have) > m.at_most):
+                out.append(f"{m.describe()}: {len(have)} in the scene")
+            elif m.position:
+                at = [m.position in positions(o, image_size) for o in have]
+                if not (all(at) if m.at_least > 1 else any(at)):
+                    out.append(f"{m.describe()}: not {m.position}")
+        if self.relation is not None:
+            i, rel, j = self.relation
+            if not any(
+                rel in relations(a, b, image_size)
+                for a in found(self.mentions[i])
+                for b in found(self.mentions[j])
+                if a is not b
+            ):
+                out.append(
+                    f"{self.mentions[i].color} {self.mentions[i].shape} not {rel} "
+                    f"{self.mentions[j].color} {self.mentions[j].shape}"
+                )
+        if self.total is not None and len(objs) != self.total:
+            out.append(f"{len(objs)} objects, not {self.total}")
+        if self.position and not any(self.position in positions(o, image_size) for o in objs):
+            out.append(f"nothing {self.position}")
+        return out
+
+    def matches(self, scene: Scene, image_size: int, sizes: bool = False) -> bool:
+        return not self.unmet(scene, image_size, sizes)
+
+    def colours_match(self, scene: Scene) -> bool:
+        """A weaker test than `matches`: the scene holds every colour the sentence names (whatever the
+        shapes). A model that has learned colour alone passes this and not `matches`."""
+        return {m.color for m in self.mentions} <= {o.color for o in scene.objects}
+
+
+def _match_position(tokens: list[str], i: int) -> tuple[int, str] | None:
+    """(length, canonical phrase) of the position phrase starting at tokens[i], if one does."""
+    for pattern, canonical in _POSITION_PATTERNS:
+        if i + len(pattern) > len(tokens):
+            continue
+        filled: dict[str, str] = {}
+        for want, got in zip(pattern, tokens[i : i + len(pattern)]):
+            if want in _SLOTS:
+                if got not in _SLOTS[want]:
+                    break
+                filled[want] = "middle" if want == "{m}" else got
+            elif want != got:
+                break
+        else:
+            phrase = canonical
+            for slot, word in filled.items():
+                phrase = phrase.replace(slot, word)
+            return len(pattern), phrase
+    return None
+
+
+def parse_query(text: str) -> SceneQuery:
+    """Read a sentence in the world's words into what it requires of a scene: the objects it names (colour,
+    shape, and size, count and position where it says), a relation between two of them, the number of shapes.
+    Raises DataError when it names nothing this world can check."""
+    tokens = re.findall(r"[a-z]+", text.lower())
+    n = len(tokens)
+    used = [False] * n
+    relations_at: list[tuple[int, str]] = []
+    for i, w in enumerate(tokens):
+        if w in ("left", "right") and i + 1 < n and tokens[i + 1] == "of":
+            start = i - 2 if i >= 2 and tokens[i - 2] in ("to", "on") and tokens[i - 1] == "the" else i
+            relations_at.append((i, w))
+            for k in range(start, i + 2):
+                used[k] = True
+        elif w in _REL_OF:
+            relations_at.append((i, _REL_OF[w]))
+            used[i] = True
+    positions_at: list[tuple[int, str]] = []
+    i = 0
+    while i < n:
+        hit = None if used[i] else _match_position(tokens, i)
+        if hit and not any(used[i : i + hit[0]]):
+            positions_at.append((i, hit[1]))
+            i += hit[0]
+        else:
+            i += 1
+    mentions: list[tuple[int, dict]] = []
+    total = None
+    for i, w in enumerate(tokens):
+        if w in COLORS and i + 1 < n and tokens[i + 1] in _SHAPE_OF:
+            m: dict = {"color": w, "shape": _SHAPE_OF[tokens[i + 1]]}
+            plural = tokens[i + 1] != m["shape"]
+            j = i - 1
+            if j >= 0 and tokens[j] in _SIZE_OF:
+                m["size"] = _SIZE_OF[tokens[j]]
+                j -= 1
+            count = None
+            if j >= 0 and tokens[j] in _NUMBER_OF:
+                count = _NUMBER_OF[tokens[j]]
+            elif j >= 0 and tokens[j] == "single":
+                count = 1
+            elif j >= 1 and tokens[j - 1 : j + 1] == ["pair", "of"]:
+                count = 2
+            if count is not None:
+                m["at_least"] = m["at_most"] = count
+            elif plural:
+                m["at_least"] = 2
+            mentions.append((i, m))
+        elif w in _TOTAL_NOUNS and i > 0 and (tokens[i - 1] in _NUMBER_OF or tokens[i - 1] == "single"):
+            total = _NUMBER_OF.get(tokens[i - 1], 1)
+    free_position = None
+    for p, phrase in positions_at:
+        before = [m for at, m in mentions if at < p]
+        after = [m for at, m in mentions if at > p]
+        owner = before[-1] if before else after[0] if after else None
+        if owner is None:
+            free_position = phrase
+        else:
+            owner["position"] = phrase
+    relation = None
+    for r, rel in relations_at:
+        before = [k for k, (at, _) in enumerate(mentions) if at < r]
+        after = [k for k, (at, _) in enumerate(mentions) if at > r]
+        if before and after:
+            relation = (before[-1], rel, after[0])
+    if not mentions and total is None and free_position is None:
+        raise DataError(
+            f"{text!r} names no object of the synthetic world (a colour and a shape, e.g. 'a red circle') "
+            "and no number of shapes"
+        )
+    return SceneQuery(text, tuple(Mention(**m) for _, m in mentions), relation, total, free_position)
+
+
+def scene_from_record(record: dict) -> Scene:
+    """A Scene from one line of scenes.jsonl (what `read_scenes` returns)."""
+    objects = [Obj(**{**o, "rgb": tuple(o["rgb"])}) for o in record["objects"]]
+    return Scene(objects, tuple(record["background"]))
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Precision@k of one query: `hits` of the top `k` images match; `relevant` images in the collection do."""
+
+    query: str
+    hits: int
+    k: int
+    relevant: int
+    unmet: tuple[tuple[str, ...], ...] = ()  # per ranked image: what it lacks (empty when it matches)
+    colour_hits: int = 0  # of the top k, images holding the sentence's colours (shapes aside)
+
+    @property
+    def value(self) -> float:
+        return self.hits / self.k if self.k else 0.0
+
+    @property
+    def ceiling(self) -> int:
+        """The most hits any ranking could have: fewer than k when fewer images match at all."""
+        return min(self.k, self.relevant)
+
+    @property
+    def most(self) -> bool:
+        """Most of the top k match (3 of 5), or every matching image is there when fewer exist."""
+        return self.hits >= min(self.k // 2 + 1, self.relevant)
+
+
+class SceneIndex:
+    """Every scene of a world by image_id (the file stem), to judge retrieved images against a query."""
+
+    def __init__(self, scenes: dict[str, Scene], image_size: int):
+        self.scenes, self.image_size = scenes, image_size
+
+    @classmethod
+    def load(cls, root: str | Path) -> SceneIndex:
+        root = Path(root).expanduser()
+        records = read_scenes(root)
+        meta = json.loads((root / "synth.json").read_text(encoding="utf-8"))
+        scenes = {r["image"].rsplit(".", 1)[0]: scene_from_record(r) for r in records}
+        return cls(scenes, int(meta["image_size"]))
+
+    def unmet(self, query: SceneQuery | str, image_id: str, sizes: bool = False) -> list[str]:
+        q = parse_query(query) if isinstance(query, str) else query
+        if image_id not in self.scenes:
+            raise DataError(f"{image_id!r} is not an image of this synthetic world")
+        return q.unmet(self.scenes[image_id], self.image_size, sizes)
+
+    def relevant(
+        self, query: SceneQuery | str, among: list[str] | None = None, sizes: bool = False
+    ) -> list[str]:
+        """The image_ids (of `among`, default all) whose scenes match the query."""
+        q = parse_query(query) if isinstance(query, str) else query
+        ids = self.scenes if among is None else among
+        return [i for i in ids if not self.unmet(q, i, sizes)]
+
+    def precision_at_k(
+        self,
+        query: str,
+        ranked: list[str],
+        k: int = 5,
+        among: list[str] | None = None,
+        sizes: bool = False,
+    ) -> Precision:
+        """Precision@k of a ranking (image_ids, best first) for `query`; `among` is the searched collection
+        (default every scene), which bounds how many hits are possible."""
+        q = parse_query(query)
+        top = ranked[:k]
+        unmet = tuple(tuple(self.unmet(q, i, sizes)) for i in top)
+        hits = sum(not u for u in unmet)
+        colours = sum(q.colours_match(self.scenes[i]) for i in top)
+        return Precision(query, hits, k, len(self.relevant(q, among, sizes)), unmet, colours)

@@ -16,7 +16,8 @@ from torch.utils.data import Dataset
 
 from imtext.data import load_image
 from imtext.errors import DataError
-from imtext.text import TextFeaturizer, collate_texts
+from imtext.text import UNK_ID, TextFeaturizer, collate_texts
+from imtext.text.swap import WordSwap
 
 
 @dataclass
@@ -68,7 +69,9 @@ class FeatureLookup:
 
 
 class PairDataset(Dataset):
-    """Items: (image tensor or feature vector, caption feature ids, image index within the split)."""
+    """Items: (image tensor or feature vector, caption feature ids, image index within the split), plus
+    `swaps` word-swapped copies of the caption (feature ids, or None where it has no word to swap) when a
+    WordSwap is given: hard negatives of the image, drawn afresh each time the item is read."""
 
     def __init__(
         self,
@@ -77,6 +80,8 @@ class PairDataset(Dataset):
         transform: Callable | None = None,
         features: FeatureLookup | None = None,
         cache_images: int = 4096,
+        swap: WordSwap | None = None,
+        swaps: int = 0,
     ):
         if transform is None and features is None:
             raise ValueError("PairDataset needs an image transform or precomputed features")
@@ -84,6 +89,7 @@ class PairDataset(Dataset):
         self.featurizer = featurizer
         self.transform = transform
         self.features = features
+        self.swap, self.swaps = swap, swaps if swap is not None else 0
         self.text_ids = [featurizer(c) for c in view.captions]
         # Small datasets (the synthetic world, coco-mini) decode each image once.
         self._load = lru_cache(maxsize=cache_images)(load_image)
@@ -98,15 +104,28 @@ class PairDataset(Dataset):
 
     def __getitem__(self, n: int):
         image_index = int(self.view.caption_image[n])
-        return self.image(image_index), self.text_ids[n], image_index
+        if not self.swaps:
+            return self.image(image_index), self.text_ids[n], image_index
+        swapped = [self.swap(self.view.captions[n]) for _ in range(self.swaps)]
+        hard = [None if c is None else self.featurizer(c) for c in swapped]
+        return self.image(image_index), self.text_ids[n], image_index, hard
 
 
 def collate_pairs(items) -> dict[str, torch.Tensor]:
-    images, texts, image_index = zip(*items)
+    """A batch: images, caption ids and lengths, image_index; with swaps also `swap_ids`/`swap_lengths`
+    ((B * swaps) rows, swap-major: row s * B + b is caption b's s-th swap) and `swap_valid` (B, swaps)."""
+    images, texts, image_index, *rest = zip(*items)
     ids, lengths = collate_texts(list(texts))
-    return {
+    batch = {
         "images": torch.stack(images),
         "ids": ids,
         "lengths": lengths,
         "image_index": torch.tensor(image_index, dtype=torch.long),
     }
+    if rest:
+        hard = rest[0]  # per item: a list of `swaps` id lists or None
+        swaps = len(hard[0])
+        rows = [hard[b][s] for s in range(swaps) for b in range(len(hard))]
+        batch["swap_ids"], batch["swap_lengths"] = collate_texts([r if r else [UNK_ID] for r in rows])
+        batch["swap_valid"] = torch.tensor([[h is not None for h in item] for item in hard], dtype=torch.bool)
+    return batch

@@ -33,6 +33,8 @@ def batch_loss(
     txt: torch.Tensor,
     image_index: torch.Tensor,
     gather: bool = True,
+    hard: torch.Tensor | None = None,
+    hard_valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The ranking loss over the global batch when `gather` and distributed, else over the local batch.
 
@@ -43,4 +45,7 @@ def batch_loss(
     if gather and is_distributed():
         img, txt = gather_with_grad(img), gather_with_grad(txt)
         image_index = gather_no_grad(image_index)
-    return loss_fn(img, txt, same_image_mask(image_index))  # one image often appears twice
+        if hard is not None:  # each row's own extra negatives travel with it
+            hard, hard_valid = gather_with_grad(hard), gather_no_grad(hard_valid.to(torch.uint8)).bool()
+    # one image often appears twice in a batch
+    return loss_fn(img, txt, same_image_mask(image_index), hard, hard_valid)

@@ -27,6 +27,7 @@ from imtext.evaluate import evaluate
 from imtext.loss import RankingLoss
 from imtext.model import WEIGHTS_FILE, TwoBranch, refuse_foreign_out
 from imtext.text import Vocab
+from imtext.text.swap import WordSwap
 from imtext.train.batches import FeatureLookup, PairDataset, SplitView, collate_pairs
 from imtext.train.distributed import batch_loss
 
@@ -110,7 +111,15 @@ def loss_for_epoch(cfg: Config, epoch: int) -> RankingLoss:
 def make_loader(setup: Setup, rank: int, world_size: int, device: torch.device) -> DataLoader:
     cfg = setup.config
     transform = None if setup.features else setup.model.image_preprocess(train=True)
-    dataset = PairDataset(setup.train, setup.model.featurizer, transform=transform, features=setup.features)
+    swap = WordSwap.from_spec(cfg.loss.swap_words) if cfg.loss.swap_negatives else None
+    dataset = PairDataset(
+        setup.train,
+        setup.model.featurizer,
+        transform=transform,
+        features=setup.features,
+        swap=swap,
+        swaps=cfg.loss.swap_negatives,
+    )
     local_batch = max(2, cfg.train.batch_size // world_size)
     if world_size > 1:
         sampler = DistributedSampler(
@@ -151,11 +160,26 @@ def train_epoch(
         images = batch["images"].to(device, non_blocking=True)
         if images.dim() == 4 and device.type == "cuda" and cfg.train.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        ids = batch["ids"].to(device, non_blocking=True)
+        ids, lengths = batch["ids"], batch["lengths"]
+        n = len(ids)
+        if "swap_ids" in batch:  # word-swapped captions ride along in the text branch's forward pass
+            ids, lengths = _stack_texts(ids, batch["swap_ids"]), torch.cat([lengths, batch["swap_lengths"]])
+        ids = ids.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            img, txt = model(images, ids, batch["lengths"])
+            img, txt = model(images, ids, lengths)
+        hard = hard_valid = None
+        if "swap_ids" in batch:
+            txt, swapped = txt[:n], txt[n:]
+            hard = swapped.reshape(-1, n, swapped.shape[1]).transpose(0, 1).float()  # (B, swaps, D)
+            hard_valid = batch["swap_valid"].to(device)
         loss = batch_loss(
-            loss_fn, img.float(), txt.float(), batch["image_index"].to(device), cfg.train.gather_negatives
+            loss_fn,
+            img.float(),
+            txt.float(),
+            batch["image_index"].to(device),
+            cfg.train.gather_negatives,
+            hard,
+            hard_valid,
         )
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -167,7 +191,7 @@ def train_epoch(
         for name in parts:
             parts[name] += loss_fn.last_parts[name]
         steps += 1
-        samples += len(ids)
+        samples += n
         if max_steps and steps >= max_steps:
             break
     elapsed = time.perf_counter() - start
@@ -177,6 +201,12 @@ def train_epoch(
         "steps": steps,
         "samples_per_s": samples / max(elapsed, 1e-9),
     }
+
+
+def _stack_texts(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Two padded id batches (B1, L1), (B2, L2) as one (B1 + B2, max(L1, L2)), padded with 0."""
+    width = max(a.shape[1], b.shape[1])
+    return torch.cat([torch.nn.functional.pad(t, (0, width - t.shape[1])) for t in (a, b)])
 
 
 def save_checkpoint(

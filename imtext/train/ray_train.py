@@ -119,7 +119,11 @@ class EpochFeed:
 
         self.on_epoch, self.poll_s = on_epoch, poll_s
         self.rows: list[dict[str, Any]] = []
-        self.mailbox = ray.remote(num_cpus=0)(_Mailbox).remote()
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        # on this process's node: losing another node (and its workers) must not take the live lines with it
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        self.mailbox = ray.remote(num_cpus=0)(_Mailbox).options(scheduling_strategy=here).remote()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, name="imtext-epoch-feed", daemon=True)
         self._thread.start()

@@ -1,0 +1,245 @@
+"""The demo's model where a user looks first: test rsum, the time to a working page, and precision@5 of
+every example query the page offers, judged against the synthetic world's scenes (imtext.data.synth).
+
+    python bench/demo_quality.py --workdir /tmp/demo-bench            # `imtext demo --fresh` as a user runs it
+    python bench/demo_quality.py --workdir /tmp/demo-seeds --seeds 0 1 2   # its settings, other seeds
+
+The first form runs `imtext demo --fresh` in a subprocess, notes its "ready after N s" and the machine's
+load, asks the running API for the page's examples (GET /info) and each one's top 5 images (POST
+/search/text: what the page shows), scores them, stops the demo with Ctrl-C and evaluates the model on the
+world's held-out `test` and `order` splits. The second trains the demo's exact config in this process
+(no Ray, no page: the same loop Ray Train runs) once per seed, and scores a collection built in-process the
+way the demo builds its own. A match has every colour, shape, count, position and relation the query
+names (sizes in the `+sizes` column); "of N" is how many images in the collection match at all, which caps
+the hits when fewer than 5 do. "most" is 3 of the top 5, or every match there is when fewer exist.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from imtext.data.synth import Precision, SceneIndex  # noqa: E402
+from tests.logged_process import start_logged, wait_for_line  # noqa: E402
+
+README_QUERY = "a red circle left of a blue square"  # the README's own example, beside the page's
+K = 5
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--workdir", required=True, type=Path, help="the demo's --workdir (rebuilt: --fresh)")
+    p.add_argument("--seeds", type=int, nargs="*", help="train in-process with these seeds instead")
+    p.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="with --seeds: overrides of the demo's config",
+    )
+    p.add_argument("--threads", type=int, default=2, help="torch threads for in-process work")
+    p.add_argument("--timeout", type=float, default=900, help="seconds to wait for the demo's page")
+    return p.parse_args(argv)
+
+
+def score_examples(
+    scenes: SceneIndex, ranked: dict[str, list[str]], among: list[str]
+) -> list[tuple[Precision, Precision]]:
+    """(precision@5, precision@5 with sizes) per query."""
+    return [
+        (
+            scenes.precision_at_k(q, ids, K, among=among),
+            scenes.precision_at_k(q, ids, K, among=among, sizes=True),
+        )
+        for q, ids in ranked.items()
+    ]
+
+
+def print_examples(rows: list[tuple[Precision, Precision]], title: str) -> None:
+    print(f"\n{title}\n")
+    print("| query | precision@5 | of N matching | most? | +sizes |")
+    print("| --- | ---: | ---: | --- | ---: |")
+    for p, ps in rows:
+        extra = " (README, not offered)" if p.query == README_QUERY else ""
+        print(
+            f"| {p.query}{extra} | {p.hits}/5 | {p.relevant} | {'yes' if p.most else 'no'} | "
+            f"{ps.hits}/5 of {ps.relevant} |"
+        )
+    for p, _ in rows:
+        for rank, unmet in enumerate(p.unmet, 1):
+            if unmet:
+                print(f"  {p.query!r} #{rank}: {'; '.join(unmet)}")
+
+
+def shape_accuracy(model_dir: Path, spec: str, scenes: SceneIndex) -> tuple[float, float, float]:
+    """(colour, shape, shape of small objects) accuracy on the world's single-object scenes: for each one,
+    is the model's best of the 24 sentences "a COLOUR SHAPE" right about the colour, about the shape? A model
+    that has learned colour alone scores 1.0 / 0.25 (chance)."""
+    import numpy as np
+
+    from imtext.data import load_image, load_pairs
+    from imtext.data.synth import COLORS, SHAPES
+    from imtext.model import TwoBranch
+
+    model = TwoBranch.load(model_dir)
+    pairs = load_pairs(spec)
+    paths = dict(zip(pairs["image_id"].to_pylist(), pairs["image_path"].to_pylist()))
+    single = [(i, s.objects[0]) for i, s in scenes.scenes.items() if len(s.objects) == 1]
+    sentences = [(c, sh) for c in COLORS for sh in SHAPES]
+    texts = model.embed_texts([f"a {c} {sh}" for c, sh in sentences])
+    images = model.embed_images([load_image(paths[i]) for i, _ in single])
+    best = [sentences[j] for j in np.argmax(images @ texts.T, axis=1)]
+    colour = np.mean([c == o.color for (c, _), (_, o) in zip(best, single)])
+    shape = [sh == o.shape for (_, sh), (_, o) in zip(best, single)]
+    small = [ok for ok, (_, o) in zip(shape, single) if o.size == "small"]
+    return float(colour), float(np.mean(shape)), float(np.mean(small))
+
+
+def evaluate_model(model_dir: Path, spec: str) -> dict[str, float]:
+    from imtext.data import load_pairs
+    from imtext.evaluate import evaluate
+    from imtext.model import TwoBranch
+    from imtext.train.batches import SplitView
+
+    model = TwoBranch.load(model_dir)
+    pairs = load_pairs(spec, splits=["test", "order"])
+    return {split: evaluate(model, SplitView.from_table(pairs, split))["rsum"] for split in ("test", "order")}
+
+
+# ---- the demo as a user runs it ------------------------------------------------------------------------
+
+
+def run_demo(args: argparse.Namespace) -> None:
+    port, ui_port = free_port(), free_port()
+    cmd = [str(Path(sys.executable).parent / "imtext"), "demo", "--fresh", "--workdir", str(args.workdir)]
+    cmd += ["--port", str(port), "--ui-port", str(ui_port)]
+    load_before = os.getloadavg()
+    started = time.time()
+    proc, lines = start_logged(cmd)
+    try:
+        try:
+            wait_for_line(lines, proc, "Ctrl-C stops everything", args.timeout - (time.time() - started))
+        except RuntimeError as e:
+            sys.exit(f"the demo did not get ready: {e}")
+        load_at_ready = os.getloadavg()
+        ready = next(re.search(r"ready after (\d+) s", line) for line in lines if "ready after" in line)
+        api = f"http://127.0.0.1:{port}"
+        with httpx.Client(base_url=api, timeout=120) as http:
+            info = http.get("/info").json()
+            queries = [*info["examples"], README_QUERY]
+            ranked = {
+                q: [
+                    h["image_id"]
+                    for h in http.post("/search/text", json={"query": q, "k": K}).json()["results"]
+                ]
+                for q in queries
+            }
+            among_n = info["index"]["images"]["count"]
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    world = args.workdir / "synth"
+    scenes = SceneIndex.load(world)
+    assert among_n == len(scenes.scenes), (among_n, len(scenes.scenes))  # the demo indexes every split
+    rows = score_examples(scenes, ranked, list(scenes.scenes))
+    rsum = evaluate_model(args.workdir / "model", f"synth:{world}")
+    stages = [line.rstrip() for line in lines if re.match(r"\s*(data|train|eval|index)\s+\S+ s ", line)]
+    print("\nstages:", *stages, sep="\n  ")
+    print(
+        f"\nready after {ready.group(1)} s; test rsum {rsum['test']:.1f}, order rsum {rsum['order']:.1f}; "
+        f"load average before {load_before[0]:.2f}, at ready {load_at_ready[0]:.2f} (1 min)"
+    )
+    print_examples(rows, f"the page's examples, top {K} images from the demo's API ({api})")
+
+
+# ---- the demo's settings, other seeds, in this process ------------------------------------------------------
+
+
+def run_seeds(args: argparse.Namespace) -> None:
+    import torch
+
+    from imtext.cli.demo import plan
+    from imtext.collection import Collection, build_collection
+    from imtext.data.synth import generate
+    from imtext.model import TwoBranch
+    from imtext.train.loop import train_local
+
+    torch.set_num_threads(args.threads)
+    demo = plan(argparse.Namespace(workdir=str(args.workdir), data=None, tiny=False))
+    world = Path(demo.data_spec.partition(":")[2])
+    if not (world / "synth.json").is_file():
+        generate(world, n_images=demo.images, seed=0, order_pairs=demo.order_pairs)
+    scenes = SceneIndex.load(world)
+    summary = []
+    for seed in args.seeds:
+        out = args.workdir / f"model-seed{seed}"
+        cfg = demo.config.override(args.set).override(
+            {"train.seed": seed, "train.out": str(out), "train.workers": 0}
+        )
+        t0 = time.perf_counter()
+        _, history = train_local(cfg)
+        seconds = time.perf_counter() - t0
+        rsum = evaluate_model(out, demo.data_spec)
+        index = build_collection(
+            out, demo.data_spec, args.workdir / f"index-seed{seed}", use_ray=False, progress=False
+        )
+        col = Collection.load(index)
+        model = TwoBranch.load(out)
+        queries = [*col.meta.examples, README_QUERY]
+        hits = col.search_images(model.embed_texts(queries), K)
+        ranked = {q: [h["image_id"] for h in row] for q, row in zip(queries, hits)}
+        rows = score_examples(scenes, ranked, list(scenes.scenes))
+        print_examples(rows, f"seed {seed}: the page's examples, top {K} images (in-process collection)")
+        most = sum(p.most for p, _ in rows[:-1])
+        hits = sum(p.hits for p, _ in rows[:-1])
+        _, shape, small = shape_accuracy(out, demo.data_spec, scenes)
+        summary.append(
+            (seed, rsum["test"], rsum["order"], seconds, hits, most, len(rows) - 1, shape, small, history)
+        )
+    print(
+        "\n| seed | test rsum | order rsum | val rsum per epoch | train s (this process) | examples: matches "
+        "(most) | shape | small |"
+    )
+    print("| ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |")
+    for seed, test, order, seconds, hits, most, n, shape, small, history in summary:
+        curve = " / ".join(f"{m['rsum']:.0f}" for m in history)
+        print(
+            f"| {seed} | {test:.1f} | {order:.1f} | {curve} | {seconds:.0f} | {hits}/{K * n} ({most} of {n}) "
+            f"| {shape:.2f} | {small:.2f} |"
+        )
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.seeds:
+        run_seeds(args)
+    else:
+        run_demo(args)
+
+
+if __name__ == "__main__":
+    main()
