@@ -125,10 +125,11 @@ def twin_accuracy(img: np.ndarray, txt: np.ndarray, view) -> dict[str, float]:
 
 
 def score_checkpoints(frame: pd.DataFrame, spec: str, splits: list[str], features: str = "") -> pd.DataFrame:
-    """Each trial's best checkpoint on `splits`: R@K columns prefixed by the split, twin accuracy on order."""
+    """Each trial's best checkpoint on `splits`: R@K columns prefixed by the split, twin accuracy on order,
+    and on `test` the 95% bootstrap interval of rsum (test images resampled), as beside the ridge row."""
     from imtext.data import load_pairs
     from imtext.evaluate import embed_split
-    from imtext.metrics import retrieval
+    from imtext.metrics import bootstrap_interval, retrieval
     from imtext.model import TwoBranch
     from imtext.train.batches import FeatureLookup, SplitView
 
@@ -149,6 +150,8 @@ def score_checkpoints(frame: pd.DataFrame, spec: str, splits: list[str], feature
             row.update({f"{split}_{k}": v for k, v in retrieval(img, txt, view.caption_image).items()})
             if split == "order":
                 row.update(twin_accuracy(img, txt, view))
+            if split == "test":
+                row["test_rsum_lo"], row["test_rsum_hi"] = bootstrap_interval(img, txt, view.caption_image)
         rows.append(row)
     return pd.concat([frame.reset_index(drop=True), pd.DataFrame(rows)], axis=1)
 
@@ -166,6 +169,9 @@ def cell_table(frame: pd.DataFrame, split: str, order: bool) -> tuple[list[str],
     for d in ("i2t", "t2i"):
         headers += [f"{d} R@1", f"{d} R@5", f"{d} R@10", f"{d} medr"]
     headers.append("rsum")
+    interval = f"{split}_rsum_lo" in frame
+    if interval:
+        headers.append("95% interval")
     if order:
         headers += ["order i2t acc", "order t2i acc", "order rsum"]
     key = {m: n for n, m in enumerate(TEXT_MODELS)}
@@ -181,6 +187,8 @@ def cell_table(frame: pd.DataFrame, split: str, order: bool) -> tuple[list[str],
         for d in ("i2t", "t2i"):
             cells += [r[f"{split}_{d}_{k}"] for k in ("r1", "r5", "r10", "medr")]
         cells.append(r[f"{split}_rsum"])
+        if interval:
+            cells.append(f"{r[f'{split}_rsum_lo']:.0f}-{r[f'{split}_rsum_hi']:.0f}")
         if order:
             cells += [r["order_i2t_acc"], r["order_t2i_acc"], r["order_rsum"]]
         rows.append(cells)

@@ -531,7 +531,7 @@ def test_coco_mini_text_finds_the_right_photo(coco_artifacts):
     )
     pick = ids[:3]
     with torch.inference_mode():
-        from_features = model.encode_images(torch.from_numpy(matrix[:3])).numpy()
+        from_features = model.encode_images(torch.from_numpy(np.array(matrix[:3]))).numpy()
     from_pixels = model.embed_images([load_image(first[i]) for i in pick])
     np.testing.assert_allclose(from_pixels, from_features, atol=1e-4)
 

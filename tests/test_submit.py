@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from imtext.jobs import DEFAULT_EXCLUDES, job_entrypoint, model_location
-from tests.conftest import free_port
+from tests.ray_head import start_head
 
 pytestmark = pytest.mark.ray
 REPO = Path(__file__).resolve().parents[1]
@@ -31,49 +27,16 @@ def test_entrypoint_and_model_line():
 def ray_head(tmp_path):
     """A separate single-node cluster with a dashboard/job server, stopped (with all its processes) after."""
     bin_dir = Path(sys.executable).parent
-    dash = free_port()
-    cmd = [
-        str(bin_dir / "ray"),
-        "start",
-        "--head",
-        "--block",
-        f"--port={free_port()}",
-        "--node-ip-address=127.0.0.1",
-        "--dashboard-host=127.0.0.1",
-        f"--dashboard-port={dash}",
-        f"--dashboard-agent-listen-port={free_port()}",
-        f"--ray-client-server-port={free_port()}",
-        f"--min-worker-port={20000}",
-        f"--max-worker-port={20999}",
-        "--num-cpus=6",
-        "--include-dashboard=true",
-    ]
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
     env.pop("RAY_ADDRESS", None)
-    log = open(tmp_path / "ray-head.log", "w")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    address = f"http://127.0.0.1:{dash}"
+    # Explicit: with a token in ~/.ray/auth_token (a local `ray.init` writes one), `ray start` would turn token
+    # auth on for this 127.0.0.1-only head, and the job client here has no token.
+    env["RAY_AUTH_MODE"] = "disabled"
+    head = start_head(bin_dir / "ray", env, tmp_path / "ray-head.log", num_cpus=6)
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"{address}/api/version", timeout=2).status_code < 500:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None:
-                pytest.fail(f"ray start exited: {(tmp_path / 'ray-head.log').read_text()[-2000:]}")
-            time.sleep(1)
-        else:
-            pytest.fail("the Ray head's job server did not come up in 120 s")
-        yield address
+        yield head.dashboard
     finally:
-        proc.send_signal(signal.SIGTERM)  # `ray start --block` stops the processes it started
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
+        head.stop()
 
 
 def test_excludes_keep_every_package_file_and_drop_the_projects_data():
