@@ -167,6 +167,12 @@ def _checkpoint_epochs(runs: Path) -> list[int]:
     return sorted(epochs)
 
 
+def _epochs_reported(lines: list[str], epochs: int) -> list[int]:
+    """The epochs (0-based) whose live line `epoch  N/epochs ...` the driver has printed so far."""
+    found = (re.search(rf"epoch +(\d+)/{epochs} ", line) for line in list(lines))
+    return sorted({int(m.group(1)) - 1 for m in found if m})
+
+
 def test_submitted_training_places_one_worker_per_node(two_nodes, synth_world, tmp_path, capsys):
     from ray.util.state import list_actors
 
@@ -231,10 +237,11 @@ def test_serve_puts_one_index_shard_on_each_node(two_nodes, tiny_model, synth_wo
 def test_training_survives_losing_a_node_and_resumes_from_its_last_checkpoint(
     two_nodes, synth_world, tmp_path
 ):
-    """`imtext submit -- train --workers 2`, as typed; once the first checkpoint is in the shared folder the
-    second node is killed (SIGKILL: its raylet and its Ray Train worker), and started again a few seconds
-    later. Ray Train restarts the worker group when both nodes are there and the run finishes every epoch,
-    resuming after the last checkpoint written before the kill: at most the epoch in flight is lost."""
+    """`imtext submit -- train --workers 2`, as typed; once the first epoch is reported (its checkpoint in
+    the shared folder and known to Ray Train) the second node is killed (SIGKILL: its raylet and its Ray
+    Train worker), and started again a few seconds later. Ray Train restarts the worker group when both
+    nodes are there and the run finishes every epoch, resuming after the last checkpoint reported before the
+    kill: at most the epoch in flight is lost."""
     shared = tmp_path / "shared"
     epochs = 6
     args = _train_args(synth_world, shared, epochs, 1024, "train.max_failures=3", "train.num_to_keep=10")
@@ -242,12 +249,16 @@ def test_training_survives_losing_a_node_and_resumes_from_its_last_checkpoint(
     proc, lines = start_logged(cmd, {**os.environ, "RAY_AUTH_MODE": "disabled"}, cwd=REPO)
     runs = shared / "runs" / "tiny"
     try:
+        # Wait for the first epoch's line: the driver prints it once Ray Train's controller has taken the
+        # report and registered its checkpoint (the checkpoint's files appear a little earlier, and a kill
+        # in between rightly restarts from scratch: Ray never knew of that checkpoint).
         deadline = time.time() + 300
-        while not _checkpoint_epochs(runs):
+        while not (done := _epochs_reported(lines, epochs)):
             if proc.poll() is not None or time.time() > deadline:
-                pytest.fail(f"no checkpoint within 300 s (exit {proc.poll()}):\n{''.join(lines)[-3000:]}")
+                pytest.fail(f"no epoch reported within 300 s (exit {proc.poll()}):\n{''.join(lines)[-3000:]}")
             time.sleep(0.2)
-        before_kill = _checkpoint_epochs(runs)  # complete ones; one finishing meanwhile only helps the run
+        before_kill = [e for e in _checkpoint_epochs(runs) if e <= max(done)]
+        assert before_kill, f"epochs {done} reported, but no checkpoint in {runs}"
         two_nodes.kill_node2()
         print(f"killed the second node after the checkpoints of epochs {before_kill}")
         assert before_kill[-1] < epochs - 1, "training ended before the kill: give it more epochs"

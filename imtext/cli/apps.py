@@ -163,7 +163,9 @@ def parse_app_args(assignments: list[str]) -> dict[str, Any]:
         try:
             options[key] = yaml.safe_load(value) if value.strip() else None
         except yaml.YAMLError as e:
-            raise ImtextError(f"--app-arg {key}: the value is not YAML ({e.problem})") from None
+            raise ImtextError(
+                f"--app-arg {key}: the value is not YAML ({getattr(e, 'problem', e)})"
+            ) from None
     parse_args({"model_dir": ".", "index_dir": ".", **options})  # every value's type, before Ray starts
     return options
 
