@@ -19,9 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import signal
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,16 +28,11 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from imtext.data.synth import Precision, SceneIndex  # noqa: E402
-from tests.logged_process import start_logged, wait_for_line  # noqa: E402
+from tests.conftest import free_port  # noqa: E402
+from tests.logged_process import interrupt, start_logged, wait_for_line  # noqa: E402
 
 README_QUERY = "a red circle left of a blue square"  # the README's own example, beside the page's
 K = 5
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -153,12 +145,7 @@ def run_demo(args: argparse.Namespace) -> None:
             }
             among_n = info["index"]["images"]["count"]
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+        interrupt(proc)  # Ctrl-C, as a user stops the demo
     import torch
 
     torch.set_num_threads(args.threads)

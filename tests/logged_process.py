@@ -4,6 +4,7 @@ tests and benchmarks that run a long-lived imtext command (`imtext demo`) and wa
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -51,3 +52,13 @@ def wait_for_line(lines: list[str], proc: subprocess.Popen, needle: str, timeout
         time.sleep(0.5)
     proc.kill()
     raise RuntimeError(f"no {needle!r} within {timeout} s:\n{''.join(lines)[-4000:]}")
+
+
+def interrupt(proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Ctrl-C (SIGINT) if it still runs, then its whole process group killed if it has not ended in time."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)

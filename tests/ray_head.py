@@ -26,24 +26,33 @@ class Head:
     log: Path
 
     def stop(self) -> None:
-        """SIGTERM, on which `ray start --block` stops what it started; that takes ~30 s on 2 busy cores, so
-        after 5 s every process of the session the head was started in (its GCS, raylet, dashboard and
-        workers: `start_new_session` made it theirs alone) is killed."""
-        import psutil
+        stop_session(self.proc)
 
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
-        for p in psutil.process_iter():
-            try:
-                if p.pid != os.getpid() and os.getsid(p.pid) == self.proc.pid:
-                    p.kill()
-            except (ProcessLookupError, PermissionError, psutil.Error):
-                pass
-        self.proc.wait()
+
+def kill_session(proc: subprocess.Popen) -> None:
+    """SIGKILL `proc` and every process of the session it leads (`start_new_session`): for `ray start`, its
+    GCS, raylet, dashboard and workers, which may sit in process groups of their own. A lost machine."""
+    import psutil
+
+    for p in psutil.process_iter():
+        try:
+            if p.pid != os.getpid() and os.getsid(p.pid) == proc.pid:
+                p.kill()
+        except (ProcessLookupError, PermissionError, psutil.Error):
+            pass
+    proc.wait()
+
+
+def stop_session(proc: subprocess.Popen, grace_s: float = 5) -> None:
+    """SIGTERM, on which `ray start --block` stops what it started; that takes ~30 s on 2 busy cores, so
+    after `grace_s` whatever is left of its session is killed (`kill_session`)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            pass
+    kill_session(proc)
 
 
 def start_head(ray: str | Path, env: dict[str, str], log: Path, num_cpus: int, timeout: float = 120) -> Head:

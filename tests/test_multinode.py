@@ -21,7 +21,8 @@ import httpx
 import pytest
 
 from tests.conftest import free_port
-from tests.logged_process import start_logged, wait_for_line
+from tests.logged_process import interrupt, start_logged, wait_for_line
+from tests.ray_head import kill_session, stop_session
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[1]
@@ -41,17 +42,6 @@ def _start(args: list[str], log: Path) -> subprocess.Popen:
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """SIGTERM, on which `ray start --block` stops the processes it started; that takes ~30 s on 2 busy
-    cores, so after 5 s its whole session (raylet, GCS, workers: `start_new_session` made it theirs) goes."""
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 COMMON = ["--num-cpus=2", "--min-worker-port=21000", "--max-worker-port=21999"]
@@ -94,9 +84,7 @@ class TwoNodes:
     def kill_node2(self) -> None:
         """SIGKILL the second node's `ray start` and everything in its session (raylet, workers): a lost
         machine, not a clean stop."""
-        proc = self.procs[-1]
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        kill_session(self.procs[-1])
 
 
 @pytest.fixture
@@ -141,8 +129,7 @@ def two_nodes(tmp_path):
         yield cluster
     finally:
         for proc in reversed(cluster.procs):
-            if proc.poll() is None:
-                _stop(proc)
+            stop_session(proc)
 
 
 def _train_args(world: Path, shared: Path, epochs: int, max_pairs: int, *more: str) -> list[str]:
@@ -227,11 +214,7 @@ def test_serve_puts_one_index_shard_on_each_node(two_nodes, tiny_model, synth_wo
         assert sorted(shards) == ["shard-0", "shard-1"], shards
         assert set(shards.values()) == set(two_nodes.nodes)  # one on the head, one on the second node
     finally:
-        proc.send_signal(signal.SIGINT)  # Ctrl-C: the app and Serve go, the cluster stays
-        try:
-            proc.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        interrupt(proc)  # Ctrl-C: the app and Serve go, the cluster stays
 
 
 def test_training_survives_losing_a_node_and_resumes_from_its_last_checkpoint(
