@@ -32,6 +32,7 @@ from imtext.evaluate import embed_split  # noqa: E402
 from imtext.image.features import compute_features, load_features  # noqa: E402
 from imtext.metrics import bootstrap_interval, retrieval  # noqa: E402
 from imtext.recipes import load_recipe  # noqa: E402
+from imtext.text.sentence import load_sentence_encoder  # noqa: E402
 from imtext.train.batches import FeatureLookup, SplitView  # noqa: E402
 from imtext.train.loop import train_local  # noqa: E402
 
@@ -66,6 +67,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="start the model rows from this config or recipe instead of the defaults (e.g. synthetic)",
     )
     p.add_argument("--label", default="imtext defaults", help="the model rows' name")
+    p.add_argument(
+        "--sentence-ridge",
+        default="minilm",
+        metavar="NAME",
+        help="a second ridge row with this sentence encoder's vectors beside the tf-idf (none: skip)",
+    )
     p.add_argument("--work", default="runs/bench/baselines", help="features cache and model folders")
     p.add_argument("--json", metavar="FILE", help="also write every row as JSON")
     return p.parse_args(argv)
@@ -155,11 +162,11 @@ def main(argv=None) -> int:
         return metrics
 
     ridge, dev_scores = RidgeBaseline.fit_selected(views["train"], views["dev"], features)
-    add(
-        f"ridge TF-IDF -> features (lambda {ridge.lam:g})",
-        *ridge.embed_split(test, features),
-        {"dev_rsum": dev_scores[ridge.lam], "kind": "ridge"},
-    )
+    add(ridge.name, *ridge.embed_split(test, features), {"dev_rsum": dev_scores[ridge.lam], "kind": "ridge"})
+    if args.sentence_ridge != "none":  # the same outside knowledge of words as the default model, linearly
+        sentence = load_sentence_encoder(args.sentence_ridge)
+        both, both_dev = RidgeBaseline.fit_selected(views["train"], views["dev"], features, sentence=sentence)
+        add(both.name, *both.embed_split(test, features), {"dev_rsum": both_dev[both.lam], "kind": "ridge+"})
     spec, model_features = as_manifest(views, work / "pairs.parquet", feature_path)
     for seed in range(args.seeds):
         out = work / f"model-seed{seed}"

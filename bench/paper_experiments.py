@@ -304,6 +304,7 @@ def flickr_experiment(args: argparse.Namespace, md: list[str]) -> None:
             "image.backbone": "efficientnet_lite0",
             # n-gram tables are hash_buckets x word_dim: 512 keeps the five text models comparable on a CPU
             "text.word_dim": 512,
+            "text.sentence_encoder": "none",  # the paper's text models on their own
             "train.epochs": args.flickr_epochs,
             "loss.warmup_epochs": 1,  # hinge cells: one epoch on all negatives first (the grid's base)
             "train.seed": args.seed,

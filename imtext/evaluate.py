@@ -33,8 +33,8 @@ def embed_split(
     txt_chunks = []
     loader = DataLoader(range(len(dataset)), batch_size=batch_size, collate_fn=list)
     for rows in loader:
-        ids, lengths = model.tokenize([view.captions[r] for r in rows])
-        txt_chunks.append(model.encode_texts((ids.to(device), lengths)).float().cpu())
+        batch = model.texts_to(model.tokenize([view.captions[r] for r in rows]), device)
+        txt_chunks.append(model.encode_texts(batch).float().cpu())
     model.train(was_training)  # validation must not leave the model in eval mode for the next epoch
     return torch.cat(img_chunks).numpy(), torch.cat(txt_chunks).numpy()
 

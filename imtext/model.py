@@ -23,6 +23,7 @@ from imtext.config import Config, ImageConfig, ModelConfig, TextConfig
 from imtext.errors import ImtextError
 from imtext.image import build_backbone, image_transform
 from imtext.text import TextFeaturizer, Vocab, build_text_encoder, collate_texts
+from imtext.text.sentence import SentenceEncoder, load_sentence_encoder
 
 # Keys of the text, image and model sections that do not change what a trained model embeds: the initial
 # backbone weights and whether it was fine-tuned (the trained weights say all), dropout (off when
@@ -69,7 +70,8 @@ class TwoBranch(nn.Module):
     """Image branch + text branch into one space.
 
     `encode_images` takes pixels (B, 3, H, W), or precomputed backbone features (B, F) which skip the
-    backbone; `encode_texts` takes `(ids, lengths)` from `collate_texts`. Both return (B, D) L2-normalised.
+    backbone; `encode_texts` takes `tokenize`'s batch: `(ids, lengths)`, plus the captions' sentence vectors
+    when the text branch has a sentence encoder. Both return (B, D) L2-normalised.
     """
 
     def __init__(
@@ -91,7 +93,12 @@ class TwoBranch(nn.Module):
         self.featurizer = TextFeaturizer(
             text.model, vocab, hash_buckets=text.hash_buckets, max_len=text.max_len
         )
-        self.text_encoder = build_text_encoder(text, self.featurizer)
+        # Frozen and shared (not a submodule): its weights come from its own package, not weights.safetensors.
+        self.sentence_encoder: SentenceEncoder | None = (
+            load_sentence_encoder(text.sentence_encoder) if text.sentence_encoder != "none" else None
+        )
+        sentence_dim = self.sentence_encoder.dim if self.sentence_encoder else 0
+        self.text_encoder = build_text_encoder(text, self.featurizer, sentence_dim)
         self.text_head = MLPHead(
             self.text_encoder.out_dim, heads.embed_dim, heads.mlp_hidden, heads.dropout, heads.text_dropout
         )
@@ -144,13 +151,29 @@ class TwoBranch(nn.Module):
             )
         return F.normalize(self.image_head(feats.float()), dim=-1)
 
-    def encode_texts(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        ids, lengths = batch
-        return F.normalize(self.text_head(self.text_encoder(ids, lengths).float()), dim=-1)
+    def encode_texts(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        ids, lengths, *sentences = batch
+        if self.sentence_encoder is None:
+            feats = self.text_encoder(ids, lengths)
+        elif not sentences:
+            raise ImtextError(
+                f"this model's text branch needs the captions' sentence vectors ({self.sentence_encoder.name}): "
+                "build its batches with model.tokenize(captions)"
+            )
+        else:
+            feats = self.text_encoder(ids, lengths, sentences[0])
+        return F.normalize(self.text_head(feats.float()), dim=-1)
 
-    def forward(self, images: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor):
+    def forward(
+        self,
+        images: torch.Tensor,
+        ids: torch.Tensor,
+        lengths: torch.Tensor,
+        sentences: torch.Tensor | None = None,
+    ):
         """Both branches in one call, so DDP sees one forward per step."""
-        return self.encode_images(images), self.encode_texts((ids, lengths))
+        texts = (ids, lengths) if sentences is None else (ids, lengths, sentences)
+        return self.encode_images(images), self.encode_texts(texts)
 
     def train(self, mode: bool = True) -> TwoBranch:
         """A frozen backbone stays in eval mode, so its BatchNorm statistics never drift."""
@@ -201,8 +224,24 @@ class TwoBranch(nn.Module):
             out[name] = {k: v for k, v in values.items() if f"{name}.{k}" not in TRAINING_ONLY_KEYS}
         return out
 
-    def tokenize(self, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        return collate_texts([self.featurizer(c) for c in captions])
+    def tokenize(self, captions: Sequence[str]) -> tuple[torch.Tensor, ...]:
+        """`encode_texts`'s batch: (ids, lengths), plus (B, dim) sentence vectors with a sentence encoder."""
+        ids, lengths = collate_texts([self.featurizer(c) for c in captions])
+        if self.sentence_encoder is None:
+            return ids, lengths
+        return ids, lengths, self.sentence_encoder.encode(captions)
+
+    def sentence_vectors(self, captions: Sequence[str]) -> torch.Tensor | None:
+        """The sentence encoder's vectors of a whole split, computed once (None without one)."""
+        if self.sentence_encoder is None:
+            return None
+        return self.sentence_encoder.encode(captions, memo=False)
+
+    @staticmethod
+    def texts_to(batch: tuple[torch.Tensor, ...], device: torch.device | str) -> tuple[torch.Tensor, ...]:
+        """A text batch on `device`; lengths stay on the CPU (pack_padded_sequence wants them there)."""
+        ids, lengths, *rest = batch
+        return (ids.to(device), lengths, *(t.to(device) for t in rest))
 
     def image_preprocess(self, train: bool = False):
         return image_transform(self.image_config.backbone, self.image_config.size(), train=train)
@@ -213,8 +252,8 @@ class TwoBranch(nn.Module):
         self.eval()
         out = []
         for start in range(0, len(captions), batch_size):
-            ids, lengths = self.tokenize(captions[start : start + batch_size])
-            out.append(self.encode_texts((ids.to(self.device), lengths)).float().cpu())
+            batch = self.texts_to(self.tokenize(captions[start : start + batch_size]), self.device)
+            out.append(self.encode_texts(batch).float().cpu())
         return torch.cat(out).numpy() if out else np.zeros((0, self.embed_dim), np.float32)
 
     @torch.inference_mode()

@@ -70,8 +70,8 @@ class _Encoder:
     max_surge_percent=100,
 )
 class TextEncoder(_Encoder):
-    """Sentences -> (vector, unknown words), or a Rejected for a query with no word the model knows.
-    Concurrent queries are batched into one forward pass."""
+    """Sentences -> (vector, unknown words), or a Rejected for a query with no word the model knows (with a
+    sentence encoder: with no words at all). Concurrent queries are batched into one forward pass."""
 
     def __init__(
         self, model_dir: str, max_batch_size: int = 32, batch_wait_timeout_s: float = 0.002, threads: int = 1
@@ -86,7 +86,10 @@ class TextEncoder(_Encoder):
     def _embed(self, texts: list[str]) -> list[tuple[np.ndarray, list[str]] | Rejected]:
         out: list[tuple[np.ndarray, list[str]] | Rejected] = []
         checked = [unknown_words(self.model.vocab, t) for t in texts]
-        good = [i for i, (_, known) in enumerate(checked) if known]
+        # A sentence encoder reads words the vocabulary lacks (a synonym, a rarer word): a query needs only
+        # some words then; a bag or GRU alone needs one it knows.
+        reads_any = self.model.sentence_encoder is not None
+        good = [i for i, (unknown, known) in enumerate(checked) if known or (reads_any and unknown)]
         vectors = dict(zip(good, self._vectors([texts[i] for i in good])))
         for i, (unknown, _known) in enumerate(checked):
             vector = vectors.get(i)

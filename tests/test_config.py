@@ -67,7 +67,7 @@ def test_cli_choices_are_the_configs(flag, key, capsys):
 def test_swap_negatives_need_word_groups():
     """loss.swap_negatives without loss.swap_words (or with a malformed group) fails at validation, in the
     command that was typed, not later in a Ray worker."""
-    base = Config().override({"loss.swap_negatives": 1})
+    base = Config().override({"loss.swap_negatives": 1, "text.sentence_encoder": "none"})
     with pytest.raises(ImtextError, match="swap_words is empty"):
         base.validate()
     with pytest.raises(ImtextError, match="in two groups"):
@@ -75,6 +75,21 @@ def test_swap_negatives_need_word_groups():
     with pytest.raises(ImtextError, match="swap_negatives must be >= 0"):
         Config().override({"loss.swap_negatives": -1}).validate()
     assert base.override({"loss.swap_words": "synthetic"}).validate().loss.swap_negatives == 1
+
+
+def test_sentence_encoder_settings_are_checked_at_validation():
+    """A name that cannot be a sentence encoder, a weight <= 0, or word swaps beside it (swapped captions
+    are made every step; sentence vectors once) fail when the config is read, with what to use instead."""
+    assert Config().text.sentence_encoder == "minilm"
+    with pytest.raises(ImtextError, match="use 'none', 'minilm'"):
+        Config().override({"text.sentence_encoder": "mini-lm"}).validate()
+    with pytest.raises(ImtextError, match="sentence_weight must be > 0"):
+        Config().override({"text.sentence_weight": 0}).validate()
+    swaps = {"loss.swap_negatives": 1, "loss.swap_words": "synthetic"}
+    with pytest.raises(ImtextError, match="swap_negatives needs text.sentence_encoder=none"):
+        Config().override(swaps).validate()
+    hub = Config().override({"text.sentence_encoder": "sentence-transformers/all-mpnet-base-v2"})
+    assert hub.validate().text.sentence_encoder == "sentence-transformers/all-mpnet-base-v2"
 
 
 def test_serve_app_args_are_typed_and_checked_before_ray_starts():

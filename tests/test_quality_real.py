@@ -1,12 +1,12 @@
 """Quality on real photos (flickr8k-762, EfficientNet-Lite0 features): `imtext train` with no flags beyond
---data, --features and --backbone must retrieve as well as the ridge baseline on the test split, and above a
-floor set from measurements (docs/BENCHMARKS.md, "Real photos"), with margin for noise.
+--data, --features and --backbone must beat the ridge baseline on the test split by a clear margin, and
+reach a floor set from measurements (docs/BENCHMARKS.md, "Real photos"), with margin for noise.
 
-Measured (test split, 102 photos): ridge 382.0 (95% interval 348-412); the defaults 384.1 / 376.5 / 372.9
-with seeds 0 / 1 / 2 (mean 0.99 x ridge). The old defaults (GRU, MLP heads, top-k hinge) scored 334 on dev
-against the ridge's 436, so "as well as" is asserted as >= 0.95 x ridge: the defaults are at parity with the
-baseline, not above it (issue #15's 1.10 x is not met; see the benchmarks for why), and a strict >= would
-fail on seed noise alone.
+Measured (test split, 102 photos): ridge 382.0 (95% interval 348-412); the defaults (bag of words beside the
+frozen all-MiniLM-L6-v2 sentence encoder) 423.9 / 420.6 / 431.0 with seeds 0 / 1 / 2, i.e. 1.10-1.13 x
+ridge (issue #15 asks for 1.10 x). Without the sentence encoder the same recipe was at parity (373-384), so
+the asserted 1.05 x fails if the sentence encoder stops reaching the text branch; the seed-to-seed spread
+(about +-5 rsum) is why it is not 1.10 x here.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from imtext.train.batches import FeatureLookup, SplitView
 
 pytestmark = pytest.mark.slow  # about a minute: features of 762 photos, then a few seconds per epoch
 
-MIN_TEST_RSUM = 350  # measured 373-384 over seeds 0-2; the old defaults would fall far below
-PARITY = 0.95  # of the ridge's test rsum; the bootstrap interval on either is about +-8%
+MIN_TEST_RSUM = 405  # measured 421-431 over seeds 0-2; without the sentence encoder 373-384
+MARGIN = 1.05  # x the ridge's test rsum; measured 1.10-1.13
 
 
 def imtext(*args: str) -> str:
@@ -80,5 +80,5 @@ def test_default_recipe_beats_the_ridge_baseline_on_real_photos(flickr8k, tmp_pa
     ridge, _ = RidgeBaseline.fit_selected(views["train"], views["val"], lookup)
     assert ridge.evaluate(views["test"], lookup)["rsum"] == pytest.approx(ridge_rsum)
     print(f"\nflickr8k-762 test rsum: imtext defaults {model_rsum:.1f}, ridge {ridge_rsum:.1f}")
-    assert model_rsum >= PARITY * ridge_rsum, (model_rsum, ridge_rsum)
+    assert model_rsum >= MARGIN * ridge_rsum, (model_rsum, ridge_rsum)
     assert model_rsum >= MIN_TEST_RSUM, model_rsum

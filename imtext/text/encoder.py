@@ -1,4 +1,5 @@
-"""Text encoders: a weighted bag (words / n-grams) times a matrix, or a GRU over word embeddings.
+"""Text encoders: a weighted bag (words / n-grams) times a matrix, or a GRU over word embeddings; either
+with a frozen sentence encoder's vector beside it (WithSentence).
 
 Both return un-normalised (B, out_dim) features; the two-branch model adds the MLP head and the L2
 normalisation. Every tensor besides the learned weights is derived from vocab.json + config, so a model
@@ -6,6 +7,8 @@ is rebuilt from config.yaml + vocab.json + weights.safetensors.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -74,7 +77,25 @@ class GRUEncoder(nn.Module):
         return h.transpose(0, 1).reshape(ids.shape[0], self.out_dim)
 
 
-def build_text_encoder(cfg, featurizer: TextFeaturizer) -> nn.Module:
+class WithSentence(nn.Module):
+    """A text encoder's features with a frozen sentence encoder's vector beside them (imtext.text.sentence).
+
+    The unit-norm sentence vector is scaled by `weight * sqrt(dim)`: at weight 1 each of its dimensions has
+    about the variance of the bag's (unit variance at init), so `weight` says how loud it is next to them.
+    """
+
+    def __init__(self, base: nn.Module, sentence_dim: int, weight: float):
+        super().__init__()
+        self.base = base
+        self.scale = float(weight) * math.sqrt(sentence_dim)
+        self.out_dim = base.out_dim + sentence_dim
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor, sentences: torch.Tensor) -> torch.Tensor:
+        words = self.base(ids, lengths)
+        return torch.cat([words, sentences.to(words.dtype) * self.scale], dim=1)
+
+
+def build_text_encoder(cfg, featurizer: TextFeaturizer, sentence_dim: int = 0) -> nn.Module:
     """The text branch (without MLP) for an `imtext.config.TextConfig` and the matching featurizer."""
     if cfg.model != featurizer.kind:
         raise ImtextError(
@@ -85,5 +106,7 @@ def build_text_encoder(cfg, featurizer: TextFeaturizer) -> nn.Module:
             f"text.hash_buckets={cfg.hash_buckets} but the featurizer uses {featurizer.hash_buckets}"
         )
     if cfg.model == "gru":
-        return GRUEncoder(len(featurizer.vocab), cfg.word_dim, cfg.hidden_dim, cfg.bidirectional)
-    return BagEncoder(featurizer.num_features, cfg.word_dim, featurizer.feature_weights(cfg.weighting))
+        base = GRUEncoder(len(featurizer.vocab), cfg.word_dim, cfg.hidden_dim, cfg.bidirectional)
+    else:
+        base = BagEncoder(featurizer.num_features, cfg.word_dim, featurizer.feature_weights(cfg.weighting))
+    return WithSentence(base, sentence_dim, cfg.sentence_weight) if sentence_dim else base

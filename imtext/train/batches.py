@@ -69,9 +69,11 @@ class FeatureLookup:
 
 
 class PairDataset(Dataset):
-    """Items: (image tensor or feature vector, caption feature ids, image index within the split), plus
-    `swaps` word-swapped copies of the caption (feature ids, or None where it has no word to swap) when a
-    WordSwap is given: hard negatives of the image, drawn afresh each time the item is read."""
+    """Items: (image tensor or feature vector, caption feature ids, image index within the split, the
+    caption's sentence vector or None, word swaps or None). The sentence vectors (N, dim) are the split's,
+    from the text branch's sentence encoder, computed once by the caller. Word swaps: `swaps` copies of the
+    caption with one word swapped (feature ids, or None where it has no word to swap) when a WordSwap is
+    given: hard negatives of the image, drawn afresh each time the item is read."""
 
     def __init__(
         self,
@@ -82,9 +84,13 @@ class PairDataset(Dataset):
         cache_images: int = 4096,
         swap: WordSwap | None = None,
         swaps: int = 0,
+        sentences: torch.Tensor | None = None,
     ):
         if transform is None and features is None:
             raise ValueError("PairDataset needs an image transform or precomputed features")
+        if sentences is not None and len(sentences) != len(view.captions):
+            raise ValueError(f"{len(sentences)} sentence vectors for {len(view.captions)} captions")
+        self.sentences = sentences
         self.view = view
         self.featurizer = featurizer
         self.transform = transform
@@ -104,17 +110,19 @@ class PairDataset(Dataset):
 
     def __getitem__(self, n: int):
         image_index = int(self.view.caption_image[n])
-        if not self.swaps:
-            return self.image(image_index), self.text_ids[n], image_index
-        swapped = [self.swap(self.view.captions[n]) for _ in range(self.swaps)]
-        hard = [None if c is None else self.featurizer(c) for c in swapped]
-        return self.image(image_index), self.text_ids[n], image_index, hard
+        sentence = None if self.sentences is None else self.sentences[n]
+        hard = None
+        if self.swaps:
+            swapped = [self.swap(self.view.captions[n]) for _ in range(self.swaps)]
+            hard = [None if c is None else self.featurizer(c) for c in swapped]
+        return self.image(image_index), self.text_ids[n], image_index, sentence, hard
 
 
 def collate_pairs(items) -> dict[str, torch.Tensor]:
-    """A batch: images, caption ids and lengths, image_index; with swaps also `swap_ids`/`swap_lengths`
-    ((B * swaps) rows, swap-major: row s * B + b is caption b's s-th swap) and `swap_valid` (B, swaps)."""
-    images, texts, image_index, *rest = zip(*items)
+    """A batch: images, caption ids and lengths, image_index; with sentence vectors `sentences` (B, dim);
+    with swaps also `swap_ids`/`swap_lengths` ((B * swaps) rows, swap-major: row s * B + b is caption b's
+    s-th swap) and `swap_valid` (B, swaps)."""
+    images, texts, image_index, sentences, hard = zip(*items)
     ids, lengths = collate_texts(list(texts))
     batch = {
         "images": torch.stack(images),
@@ -122,8 +130,9 @@ def collate_pairs(items) -> dict[str, torch.Tensor]:
         "lengths": lengths,
         "image_index": torch.tensor(image_index, dtype=torch.long),
     }
-    if rest:
-        hard = rest[0]  # per item: a list of `swaps` id lists or None
+    if sentences[0] is not None:
+        batch["sentences"] = torch.stack(sentences)
+    if hard[0] is not None:  # per item: a list of `swaps` id lists or None
         swaps = len(hard[0])
         rows = [hard[b][s] for s in range(swaps) for b in range(len(hard))]
         batch["swap_ids"], batch["swap_lengths"] = collate_texts([r if r else [UNK_ID] for r in rows])

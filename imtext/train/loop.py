@@ -45,6 +45,9 @@ class Setup:
     vocab: Vocab
     features: FeatureLookup | None
     model: TwoBranch
+    sentences: torch.Tensor | None = (
+        None  # the training captions' sentence vectors, when the text branch has them
+    )
 
 
 def seed_everything(seed: int) -> None:
@@ -77,7 +80,15 @@ def prepare(cfg: Config) -> Setup:
     model = TwoBranch.from_config(
         cfg, vocab, feature_dim=features.dim if features else None, frozen_backbone=frozen
     )
-    return Setup(cfg, train, val, vocab, features, model)
+    sentences = None
+    if model.sentence_encoder is not None:
+        start = time.perf_counter()
+        sentences = model.sentence_vectors(train.captions)
+        print(
+            f"sentence encoder {cfg.text.sentence_encoder}: {len(train.captions):,} training captions "
+            f"in {time.perf_counter() - start:.0f} s"
+        )
+    return Setup(cfg, train, val, vocab, features, model, sentences)
 
 
 def make_optimizer(model: TwoBranch, cfg: Config) -> torch.optim.Optimizer:
@@ -119,6 +130,7 @@ def make_loader(setup: Setup, rank: int, world_size: int, device: torch.device) 
         features=setup.features,
         swap=swap,
         swaps=cfg.loss.swap_negatives,
+        sentences=setup.sentences,
     )
     local_batch = max(2, cfg.train.batch_size // world_size)
     if world_size > 1:
@@ -165,8 +177,9 @@ def train_epoch(
         if "swap_ids" in batch:  # word-swapped captions ride along in the text branch's forward pass
             ids, lengths = _stack_texts(ids, batch["swap_ids"]), torch.cat([lengths, batch["swap_lengths"]])
         ids = ids.to(device, non_blocking=True)
+        sentences = batch["sentences"].to(device, non_blocking=True) if "sentences" in batch else None
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            img, txt = model(images, ids, lengths)
+            img, txt = model(images, ids, lengths, sentences)
         hard = hard_valid = None
         if "swap_ids" in batch:
             txt, swapped = txt[:n], txt[n:]
