@@ -105,14 +105,23 @@ def shape_accuracy(model_dir: Path, spec: str, scenes: SceneIndex) -> tuple[floa
 
 
 def evaluate_model(model_dir: Path, spec: str) -> dict[str, float]:
+    """Test and order rsum, and the order pairs' accuracy (0.5: word order not read; see order_pair_accuracy)."""
     from imtext.data import load_pairs
-    from imtext.evaluate import evaluate
+    from imtext.data.synth import order_pair_accuracy
+    from imtext.evaluate import embed_split
+    from imtext.metrics import retrieval
     from imtext.model import TwoBranch
     from imtext.train.batches import SplitView
 
     model = TwoBranch.load(model_dir)
     pairs = load_pairs(spec, splits=["test", "order"])
-    return {split: evaluate(model, SplitView.from_table(pairs, split))["rsum"] for split in ("test", "order")}
+    out = {}
+    for split in ("test", "order"):
+        view = SplitView.from_table(pairs, split)
+        img, txt = embed_split(model, view)
+        out[split] = retrieval(img, txt, view.caption_image)["rsum"]
+    out["pairs"] = order_pair_accuracy(view.image_ids, view.caption_image, img, txt)
+    return out
 
 
 # ---- the demo as a user runs it ------------------------------------------------------------------------
@@ -157,7 +166,8 @@ def run_demo(args: argparse.Namespace) -> None:
     stages = [line.rstrip() for line in lines if re.match(r"\s*(data|train|eval|index)\s+\S+ s ", line)]
     print("\nstages:", *stages, sep="\n  ")
     print(
-        f"\nready after {ready.group(1)} s; test rsum {rsum['test']:.1f}, order rsum {rsum['order']:.1f}; "
+        f"\nready after {ready.group(1)} s; test rsum {rsum['test']:.1f}, order rsum {rsum['order']:.1f}, "
+        f"order pair accuracy {rsum['pairs']:.3f}; "
         f"load average before {load_before[0]:.2f}, at ready {load_at_ready[0]:.2f} (1 min)"
     )
     print_examples(rows, f"the page's examples, top {K} images from the demo's API ({api})")
@@ -204,19 +214,17 @@ def run_seeds(args: argparse.Namespace) -> None:
         most = sum(p.most for p, _ in rows[:-1])
         hits = sum(p.hits for p, _ in rows[:-1])
         _, shape, small = shape_accuracy(out, demo.data_spec, scenes)
-        summary.append(
-            (seed, rsum["test"], rsum["order"], seconds, hits, most, len(rows) - 1, shape, small, history)
-        )
+        summary.append((seed, rsum, seconds, hits, most, len(rows) - 1, shape, small, history))
     print(
-        "\n| seed | test rsum | order rsum | val rsum per epoch | train s (this process) | examples: matches "
-        "(most) | shape | small |"
+        "\n| seed | test rsum | order rsum | order pairs | val rsum per epoch | train s (this process) | "
+        "examples: matches (most) | shape | small |"
     )
-    print("| ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |")
-    for seed, test, order, seconds, hits, most, n, shape, small, history in summary:
+    print("| ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |")
+    for seed, rsum, seconds, hits, most, n, shape, small, history in summary:
         curve = " / ".join(f"{m['rsum']:.0f}" for m in history)
         print(
-            f"| {seed} | {test:.1f} | {order:.1f} | {curve} | {seconds:.0f} | {hits}/{K * n} ({most} of {n}) "
-            f"| {shape:.2f} | {small:.2f} |"
+            f"| {seed} | {rsum['test']:.1f} | {rsum['order']:.1f} | {rsum['pairs']:.3f} | {curve} | "
+            f"{seconds:.0f} | {hits}/{K * n} ({most} of {n}) | {shape:.2f} | {small:.2f} |"
         )
 
 

@@ -532,6 +532,10 @@ def test_eval_on_test_and_word_order_splits(session, model):
         ran = session.pending.pop(f"eval {split}").finish()
         assert re.search(r"image -> text \(annotation\)\s*│\s*[\d.]+", ran.out), ran.out
         assert "rsum" in ran.out
+        # only the mirrored pairs' split says how often a caption picks its own image over its twin
+        told_apart = re.search(r"mirrored pairs told apart: ([\d.]+)", ran.out)
+        assert (told_apart is not None) == (split == "order"), ran.out
+        assert told_apart is None or 0.0 <= float(told_apart.group(1)) <= 1.0
 
 
 @pytest.mark.slow

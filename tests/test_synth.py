@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from imtext.data import PAIRS_SCHEMA, load_pairs, split_names
-from imtext.data.synth import COLORS, PLURALS, SHAPES, generate, read_scenes
+from imtext.data.synth import COLORS, PLURALS, SHAPES, generate, order_pair_accuracy, read_scenes
 from imtext.errors import DataError
 
 N, PAIRS, SIZE = 200, 20, 64
@@ -112,6 +112,35 @@ def test_order_pairs_share_word_bags_but_not_images(world, table, scenes):
         pa_ = np.asarray(Image.open(world / "images" / f"{a}.png"))
         pb = np.asarray(Image.open(world / "images" / f"{b}.png"))
         assert np.abs(pa_.astype(int) - pb.astype(int)).sum() > 0
+
+
+def test_order_pair_accuracy_is_one_half_for_any_bag_of_words_and_one_for_an_oracle(world, table):
+    """The metric that says whether a model reads word order: a bag of words (here untrained, any weights
+    would do) embeds a caption and its mirror twin alike, so it scores exactly 0.5; embeddings that know
+    which image is which score 1.0, and swapped ones 0.0."""
+    import torch
+
+    from imtext.config import Config
+    from imtext.evaluate import embed_split
+    from imtext.model import TwoBranch
+    from imtext.text import Vocab
+    from imtext.train.batches import SplitView
+
+    view = SplitView.from_table(table, "order")
+    torch.manual_seed(0)
+    cfg = Config().override({"text.sentence_encoder": "none", "image.backbone": "smallcnn"})
+    bow = TwoBranch.from_config(cfg, Vocab.build(view.captions))
+    img, txt = embed_split(bow, view)
+    assert order_pair_accuracy(view.image_ids, view.caption_image, img, txt) == 0.5
+    oracle_img = np.eye(len(view.image_ids), dtype=np.float32)
+    oracle_txt = oracle_img[view.caption_image]
+    assert order_pair_accuracy(view.image_ids, view.caption_image, oracle_img, oracle_txt) == 1.0
+    row = {iid: n for n, iid in enumerate(view.image_ids)}
+    twin = [row[i[:-1] + ("b" if i.endswith("a") else "a")] for i in view.image_ids]
+    swapped_img = oracle_img[twin]  # each image embedded as its mirror twin
+    assert order_pair_accuracy(view.image_ids, view.caption_image, swapped_img, oracle_txt) == 0.0
+    with pytest.raises(DataError, match="no order pairs"):
+        order_pair_accuracy(["img_00001"], np.zeros(1, int), oracle_img[:1, :1], oracle_img[:1, :1])
 
 
 def _colours_in(pixels: np.ndarray) -> set[str]:

@@ -527,6 +527,31 @@ def read(root: Path, source: str) -> RawPairs:
     return raw
 
 
+def order_pair_accuracy(image_ids: list[str], caption_image, img, txt) -> float:
+    """How often an `order` caption scores its own image above the mirrored one (order_NNNN_a vs _b).
+
+    The one number that says whether a model reads word order: a pair's images hold the same objects and
+    caption k of each holds the same words, so any bag of words scores exactly 0.5 here (a caption and its
+    partner embed alike, and each pick of one image is right for one of the two). The `order` split's rsum
+    can differ between text models for other reasons (retrieving the pair among all others).
+    `img` (n_images, D) and `txt` (n_captions, D) are the split's embeddings, rows as in `image_ids` and
+    `caption_image` (imtext.evaluate.embed_split's output)."""
+    row = {iid: n for n, iid in enumerate(image_ids)}
+    right = total = 0
+    for c, n in enumerate(caption_image):
+        iid = image_ids[int(n)]
+        if not iid.startswith("order_") or iid[-2:] not in ("_a", "_b"):
+            continue
+        partner = row.get(iid[:-1] + ("b" if iid.endswith("a") else "a"))
+        if partner is None:
+            continue
+        right += float(txt[c] @ img[int(n)]) > float(txt[c] @ img[partner])
+        total += 1
+    if not total:
+        raise DataError("no order pairs (order_NNNN_a / _b images) among these images")
+    return right / total
+
+
 def read_scenes(root: str | Path) -> list[dict]:
     """What is drawn in each image (objects with shape, color, size, cx, cy, half, rgb; `pair` for order)."""
     root = Path(root).expanduser()
