@@ -1,11 +1,12 @@
-"""Quality on the synthetic world (seeded, CPU): its recipe (imtext/recipes/synthetic.yaml) retrieves well,
-and its GRU retrieves the `order` split's images better than a bag of words does.
+"""Quality on the synthetic world (seeded, CPU): its recipe (imtext/recipes/synthetic.yaml) retrieves well.
 
-What the second check does not show: that the GRU reads word order. On the `order` split a caption's mirror
-twin holds the same words, and `order_pair_accuracy` (does a caption score its own image above the mirrored
-one?) is printed for both models: a bag of words is at exactly 0.5 by construction, and the GRU measured
-0.49 (2026-11-30; docs/BENCHMARKS.md, "word order"). Its higher order rsum comes from retrieving the pair
-among the other images, not from telling the two apart. Not asserted, because it fails: a known gap."""
+Word order is measured, not asserted: on the `order` split a caption's mirror twin holds the same words, and
+`order_pair_accuracy` (does a caption score its own image above the mirrored one?) is printed. Any bag of
+words scores exactly 0.5 there (tests/test_synth.py shows it without training one), and this recipe's GRU
+measured 0.49 (2026-11-30; docs/BENCHMARKS.md, "word order"): it does not read word order yet. The test
+used to train a bag-of-words model too and assert that the GRU's `order` rsum beat it by 20; it did (258 vs
+235), but by retrieving the pair among the other images, not by telling its two images apart, so that
+comparison (half of this test's minutes) now lives only in the benchmarks."""
 
 from __future__ import annotations
 
@@ -22,14 +23,13 @@ from imtext.report import print_metrics
 from imtext.train.batches import SplitView
 from imtext.train.loop import train_local
 
-pytestmark = pytest.mark.slow  # about 8 minutes on 2 cores: two models trained for 7 epochs
+pytestmark = pytest.mark.slow  # about 4 minutes on 2 cores: one model trained for 7 epochs
 
 # The measured levels, the seed spread and the runs that chose this world's size and the epochs are in
 # docs/BENCHMARKS.md ("Quality on the synthetic world"); the bars below have margin below them.
 SCENES, ORDER_PAIRS, SEED = 4000, 150, 7
 EPOCHS = 7
 MIN_TEST_RSUM = 300  # of 600, on 400 test images
-MIN_ORDER_GAP = 20  # GRU over bag of words on captions that differ only in word order
 
 
 @pytest.fixture(scope="module")
@@ -41,13 +41,12 @@ def world(tmp_path_factory):
     )
 
 
-def _train_and_score(world, tmp_path, **overrides) -> dict[str, dict[str, float]]:
+def _train_and_score(world, tmp_path) -> dict[str, dict[str, float]]:
     cfg = load_recipe("synthetic").override(
         {
             "data.spec": f"synth:{world}",
             "train.out": str(tmp_path / "model"),
             "train.epochs": EPOCHS,
-            **overrides,
         }
     )
     started = time.perf_counter()
@@ -65,18 +64,14 @@ def _train_and_score(world, tmp_path, **overrides) -> dict[str, dict[str, float]
     return scores
 
 
-def test_default_model_and_word_order(world, tmp_path):
+def test_synthetic_recipe_retrieves_and_reports_word_order(world, tmp_path):
     import torch
 
     torch.set_num_threads(2)
-    default = _train_and_score(world, tmp_path / "default")  # the default config: GRU + small CNN
-    bow = _train_and_score(world, tmp_path / "bow", **{"text.model": "bow"})
+    scores = _train_and_score(world, tmp_path / "recipe")  # the synthetic recipe: GRU + small CNN
     print(
-        f"test rsum: default {default['test']['rsum']:.1f}, bow {bow['test']['rsum']:.1f}; "
-        f"order rsum: default {default['order']['rsum']:.1f}, bow {bow['order']['rsum']:.1f}; "
-        f"order pair accuracy: default {default['order']['pair_accuracy']:.3f}, "
-        f"bow {bow['order']['pair_accuracy']:.3f}; "
-        f"training {default['seconds']['train']:.0f} s + {bow['seconds']['train']:.0f} s"
+        f"test rsum {scores['test']['rsum']:.1f}; order rsum {scores['order']['rsum']:.1f}, mirrored pairs "
+        f"told apart {scores['order']['pair_accuracy']:.3f} (0.5: word order not read); "
+        f"training {scores['seconds']['train']:.0f} s"
     )
-    assert default["test"]["rsum"] >= MIN_TEST_RSUM
-    assert default["order"]["rsum"] - bow["order"]["rsum"] >= MIN_ORDER_GAP
+    assert scores["test"]["rsum"] >= MIN_TEST_RSUM
