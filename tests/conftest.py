@@ -17,10 +17,19 @@ if not COCO_MINI.is_dir():  # CI clones elsewhere with shared/ beside the clone
 FLICKR8K = COCO_MINI.parent / "flickr8k-762"  # real photos for quality (tests/test_quality_real.py)
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nothing listens on now and that this process has not handed out before: the kernel may give
+    the same ephemeral port to two calls in a row (CI once got one port for a head's GCS and dashboard)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 # Suite order. Every module that uses the shared session Ray runs first, back to back, while that Ray is fresh;
