@@ -68,16 +68,18 @@ class RidgeBaseline:
         vocab = Vocab.build(train.captions)
         images = image_matrix(train, features)
         mean = images.mean(0)
-        unfitted = cls(vocab, np.zeros(0), mean, float(lam), sentence, mix if sentence else 0.0)
-        x = unfitted.text_matrix(train.captions).astype(np.float64)
+        fitted = cls(
+            vocab, np.zeros(0), mean.astype(np.float32), float(lam), sentence, mix if sentence else 0.0
+        )
+        x = fitted.text_matrix(train.captions).astype(np.float64)
         y = (images - mean)[train.caption_image].astype(np.float64)
         # The dual form is cheaper when there are fewer captions than words.
         if x.shape[0] < x.shape[1]:
             w = x.T @ np.linalg.solve(x @ x.T + lam * np.eye(x.shape[0]), y)
         else:
             w = np.linalg.solve(x.T @ x + lam * np.eye(x.shape[1]), x.T @ y)
-        unfitted.weights, unfitted.mean = w.astype(np.float32), mean.astype(np.float32)
-        return unfitted
+        fitted.weights = w.astype(np.float32)
+        return fitted
 
     @classmethod
     def fit_selected(

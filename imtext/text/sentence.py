@@ -77,9 +77,8 @@ class SentenceEncoder:
             ) from None
         self._model.eval()
         self.name = name
-        dimension = getattr(
-            self._model, "get_embedding_dimension", None
-        )  # renamed in sentence-transformers 6
+        # get_sentence_embedding_dimension was renamed get_embedding_dimension in sentence-transformers 6
+        dimension = getattr(self._model, "get_embedding_dimension", None)
         self.dim = int((dimension or self._model.get_sentence_embedding_dimension)())
         self._cache: dict[str, torch.Tensor] = {}
         self._lock = threading.Lock()  # Serve replicas embed from several threads
