@@ -80,28 +80,31 @@ def print_examples(rows: list[tuple[Precision, Precision]], title: str) -> None:
                 print(f"  {p.query!r} #{rank}: {'; '.join(unmet)}")
 
 
-def shape_accuracy(model_dir: Path, spec: str, scenes: SceneIndex) -> tuple[float, float, float]:
-    """(colour, shape, shape of small objects) accuracy on the world's single-object scenes: for each one,
-    is the model's best of the 24 sentences "a COLOUR SHAPE" right about the colour, about the shape? A model
-    that has learned colour alone scores 1.0 / 0.25 (chance)."""
+def shape_accuracy(model_dir: Path, spec: str, scenes: SceneIndex) -> dict[str, float]:
+    """Colour and shape accuracy on the world's one-object scenes (imtext.data.synth.one_object_accuracy; a
+    model that has learned colour alone scores 1.0 / 0.25): `shape` over all of them, training scenes
+    included (what a search of the whole collection meets), `held_out` and `small_held_out` over the val and
+    test scenes alone (what the model has learned, not remembered)."""
     import numpy as np
 
     from imtext.data import load_image, load_pairs
-    from imtext.data.synth import COLORS, SHAPES
+    from imtext.data.synth import ONE_OBJECT_SENTENCES, one_object_accuracy
     from imtext.model import TwoBranch
 
     model = TwoBranch.load(model_dir)
     pairs = load_pairs(spec)
     paths = dict(zip(pairs["image_id"].to_pylist(), pairs["image_path"].to_pylist()))
-    single = [(i, s.objects[0]) for i, s in scenes.scenes.items() if len(s.objects) == 1]
-    sentences = [(c, sh) for c in COLORS for sh in SHAPES]
-    texts = model.embed_texts([f"a {c} {sh}" for c, sh in sentences])
-    images = model.embed_images([load_image(paths[i]) for i, _ in single])
-    best = [sentences[j] for j in np.argmax(images @ texts.T, axis=1)]
-    colour = np.mean([c == o.color for (c, _), (_, o) in zip(best, single)])
-    shape = [sh == o.shape for (_, sh), (_, o) in zip(best, single)]
-    small = [ok for ok, (_, o) in zip(shape, single) if o.size == "small"]
-    return float(colour), float(np.mean(shape)), float(np.mean(small))
+    split = dict(zip(pairs["image_id"].to_pylist(), pairs["split"].to_pylist()))
+    single = [i for i, s in scenes.scenes.items() if len(s.objects) == 1]
+    texts = model.embed_texts([f"a {c} {sh}" for c, sh in ONE_OBJECT_SENTENCES])
+    images = dict(zip(single, model.embed_images([load_image(paths[i]) for i in single])))
+
+    def accuracy(ids: list[str]) -> dict[str, float]:
+        vectors = np.stack([images[i] for i in ids])
+        return one_object_accuracy([scenes.scenes[i].objects[0] for i in ids], vectors, texts)
+
+    every, held = accuracy(single), accuracy([i for i in single if split[i] in ("val", "test")])
+    return {"shape": every["shape"], "held_out": held["shape"], "small_held_out": held["small"]}
 
 
 def evaluate_model(model_dir: Path, spec: str) -> dict[str, float]:
@@ -213,18 +216,19 @@ def run_seeds(args: argparse.Namespace) -> None:
         print_examples(rows, f"seed {seed}: the page's examples, top {K} images (in-process collection)")
         most = sum(p.most for p, _ in rows[:-1])
         hits = sum(p.hits for p, _ in rows[:-1])
-        _, shape, small = shape_accuracy(out, demo.data_spec, scenes)
-        summary.append((seed, rsum, seconds, hits, most, len(rows) - 1, shape, small, history))
+        shapes = shape_accuracy(out, demo.data_spec, scenes)
+        summary.append((seed, rsum, seconds, hits, most, len(rows) - 1, shapes, history))
     print(
         "\n| seed | test rsum | order rsum | order pairs | val rsum per epoch | train s (this process) | "
-        "examples: matches (most) | shape | small |"
+        "examples: matches (most) | shape (all) | shape (held-out) | small (held-out) |"
     )
-    print("| ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |")
-    for seed, rsum, seconds, hits, most, n, shape, small, history in summary:
+    print("| ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
+    for seed, rsum, seconds, hits, most, n, shapes, history in summary:
         curve = " / ".join(f"{m['rsum']:.0f}" for m in history)
         print(
             f"| {seed} | {rsum['test']:.1f} | {rsum['order']:.1f} | {rsum['pairs']:.3f} | {curve} | "
-            f"{seconds:.0f} | {hits}/{K * n} ({most} of {n}) | {shape:.2f} | {small:.2f} |"
+            f"{seconds:.0f} | {hits}/{K * n} ({most} of {n}) | {shapes['shape']:.2f} | "
+            f"{shapes['held_out']:.2f} | {shapes['small_held_out']:.2f} |"
         )
 
 

@@ -308,6 +308,12 @@ def _coerce(hint: Any, value: Any, path: str) -> Any:
         raise ImtextError(f"{path} must be true or false, got {value!r}")
     if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):
+        # PyYAML reads `1e-3` (no dot) as a string (YAML 1.1); a user means the number.
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if hint is int and isinstance(value, int) and not isinstance(value, bool):
         return value
     if hint is str and isinstance(value, str):

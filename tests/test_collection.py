@@ -19,6 +19,7 @@ import torch
 from imtext.cli import main
 from imtext.collection import Collection, add_to_collection, build_collection
 from imtext.data import load_pairs
+from imtext.data.synth import SceneIndex
 from imtext.embed import embed_collection, read_embeddings
 from imtext.errors import DataError, ImtextError
 from imtext.metrics import retrieval
@@ -143,7 +144,7 @@ def test_ray_build_writes_counts_manifests_and_embeddings(
         np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
 
 
-def test_metadata_tables_map_ids_to_images_and_captions(ray_built, val_pairs):
+def test_metadata_tables_map_ids_to_images_and_captions(ray_built, val_pairs, synth_world):
     order, first_caption = _first_appearance(val_pairs)
     images = pq.read_table(ray_built / "images.parquet").to_pylist()
     assert [r["image_id"] for r in images] == order  # first appearance, ids 0..59
@@ -165,8 +166,15 @@ def test_metadata_tables_map_ids_to_images_and_captions(ray_built, val_pairs):
         col.image_path(60)
     with pytest.raises(ImtextError, match="unknown caption id"):
         col.caption_rows([300])
-    ex = col.examples(4)
-    assert len(ex) == 4 and set(ex) <= set(first_caption.values()) and ex[0] == images[0]["caption"]
+    # Examples: the synthetic world's proposals (queries with 5+ answers among these 60 images), then first
+    # captions of images spread over the collection
+    proposed = col.info["examples"]
+    assert proposed and all(
+        len(SceneIndex.load(synth_world).relevant(q, list(first_caption))) >= 5 for q in proposed
+    )
+    ex = col.examples(len(proposed) + 2)
+    assert ex[: len(proposed)] == proposed and set(ex[len(proposed) :]) <= set(first_caption.values())
+    assert len(ex) == len(proposed) + 2
 
 
 def test_ray_data_embeddings_equal_the_in_process_ones(ray_built, cli_built, model, val_pairs):

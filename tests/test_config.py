@@ -111,3 +111,14 @@ def test_serve_app_args_are_typed_and_checked_before_ray_starts():
     ]:
         with pytest.raises(ImtextError, match=message):
             parse_app_args(bad)
+
+
+def test_floats_in_exponent_notation_are_numbers_in_flags_and_yaml(tmp_path):
+    """PyYAML reads `1e-3` (no dot) as a string: `--set train.lr=1e-3` and `lr: 1e-3` in a file once failed
+    with "train.lr must be float"."""
+    assert Config().override(["train.lr=1e-3", "loss.temperature=5E-2"]).train.lr == pytest.approx(1e-3)
+    path = tmp_path / "run.yaml"
+    path.write_text("train:\n  lr: 2e-4\n")
+    assert Config.load(path).train.lr == pytest.approx(2e-4)
+    with pytest.raises(ImtextError, match="train.lr must be float"):
+        Config().override(["train.lr=fast"])

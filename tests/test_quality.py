@@ -1,9 +1,11 @@
 """Quality on the synthetic world (seeded, CPU): the demo's model, trained exactly as `imtext demo` trains it
 (the synthetic recipe with the demo's settings, imtext.cli.demo.DEMO_SYNTH, on the demo's world), reaches
-the test rsum issue #16 asks of it, with margin.
+the test rsum issue #16 asks of it, and gets most of the top 5 right for most of the examples its page offers
+(imtext.data.suggested_queries, searched over the whole world as the demo indexes it), with margin.
 
-Measured (docs/BENCHMARKS.md, "Demo: its model"): test rsum 316 in the demo, 309.5 / 301.5 / 304.0 in-process
-over seeds 0-2, 322.7 on 2026-11-30; the bar is #16's 280.
+Measured (docs/BENCHMARKS.md, "Demo: its model"; linear heads, lr 6e-4): test rsum 314.2 in the demo and
+here (seed 0, 2 threads), 309.8 / 337.4 / 336.1 in-process over seeds 0-2 with 1 thread; the bar is #16's 280.
+The examples: 18 of their 30 top-5 images match, most for 5 of 6 (the relation example fails); bars 14 and 3.
 
 Word order is measured, not asserted: on the `order` split a caption's mirror twin holds the same words, and
 `order_pair_accuracy` (does a caption score its own image above the mirrored one?) is printed. Any bag of
@@ -23,7 +25,13 @@ import pytest
 
 from imtext.cli.demo import plan
 from imtext.data import load_pairs
-from imtext.data.synth import generate, order_pair_accuracy
+from imtext.data.synth import (
+    ONE_OBJECT_SENTENCES,
+    SceneIndex,
+    generate,
+    one_object_accuracy,
+    order_pair_accuracy,
+)
 from imtext.evaluate import embed_split
 from imtext.metrics import retrieval
 from imtext.report import print_metrics
@@ -33,6 +41,9 @@ from imtext.train.loop import train_local
 pytestmark = pytest.mark.slow  # about 2 minutes on 2 cores: the demo's 5 epochs on 2,000 scenes
 
 MIN_TEST_RSUM = 280  # of 600, on the demo world's 200 test images (#16's target)
+# The page's examples (imtext.data.suggested_queries) searched over the whole world, as the demo indexes it:
+# full matches among their 30 top-5 images, and examples with most of their top 5 right (#16 asks all 6)
+MIN_EXAMPLE_HITS, MIN_EXAMPLES_MOSTLY_RIGHT = 14, 3
 
 
 def test_demo_model_reaches_its_quality_and_reports_word_order(tmp_path):
@@ -57,4 +68,46 @@ def test_demo_model_reaches_its_quality_and_reports_word_order(tmp_path):
         f"test rsum {scores['test']['rsum']:.1f}; order rsum {scores['order']['rsum']:.1f}, mirrored pairs "
         f"told apart {told_apart:.3f} (0.5: word order not read); training {seconds:.0f} s"
     )
+    examples = example_precision(model, cfg.data.spec, world)
+    for p in examples:
+        print(f"  {p.hits}/5 of {p.relevant} matching (most: {'yes' if p.most else 'no'})  {p.query}")
+    hits, mostly = sum(p.hits for p in examples), sum(p.most for p in examples)
+    held_out = shapes_seen(model, world)
+    print(
+        f"the page's examples: {hits}/{5 * len(examples)} of their top 5 match, most for {mostly} of "
+        f"{len(examples)}; held-out one-object scenes ({held_out['scenes']}): colour {held_out['colour']:.2f}, "
+        f"shape {held_out['shape']:.2f} (chance 0.25)"
+    )
     assert scores["test"]["rsum"] >= MIN_TEST_RSUM
+    assert len(examples) == 6 and hits >= MIN_EXAMPLE_HITS and mostly >= MIN_EXAMPLES_MOSTLY_RIGHT
+
+
+def example_precision(model, spec: str, world) -> list:
+    """Precision@5 of the examples a collection of the whole world offers, searched over all its images."""
+    import numpy as np
+
+    from imtext.data import load_image, suggested_queries
+
+    pairs = load_pairs(spec)
+    paths = dict(zip(pairs["image_id"].to_pylist(), pairs["image_path"].to_pylist()))
+    ids = list(paths)
+    images = model.embed_images([load_image(paths[i]) for i in ids])
+    queries = suggested_queries(spec, pairs)
+    top = np.argsort(-(model.embed_texts(queries) @ images.T), axis=1)[:, :5]
+    scenes = SceneIndex.load(world)
+    return [scenes.precision_at_k(q, [ids[j] for j in row], 5, among=ids) for q, row in zip(queries, top)]
+
+
+def shapes_seen(model, world) -> dict[str, float]:
+    """one_object_accuracy on the val and test scenes that hold one object: printed, not asserted. The demo's
+    model remembers its training scenes' shapes (0.77 over all one-object scenes, training included) but
+    tells shapes apart in new scenes barely above chance (0.31-0.34; docs/BENCHMARKS.md)."""
+    from imtext.data import load_image
+
+    pairs = load_pairs(f"synth:{world}", splits=["val", "test"])
+    paths = dict(zip(pairs["image_id"].to_pylist(), pairs["image_path"].to_pylist()))
+    scenes = SceneIndex.load(world).scenes
+    single = [(paths[i], scenes[i].objects[0]) for i in paths if len(scenes[i].objects) == 1]
+    images = model.embed_images([load_image(path) for path, _ in single])
+    sentences = model.embed_texts([f"a {c} {sh}" for c, sh in ONE_OBJECT_SENTENCES])
+    return one_object_accuracy([o for _, o in single], images, sentences)

@@ -319,7 +319,7 @@ def test_health_info_and_docs(client, local, collections):
     }
     assert set(info["versions"]) == {"imtext", "ray", "faiss", "torch"}
     assert info["examples"] and set(info["examples"]) <= set(
-        col.meta.images.table.column("caption").to_pylist()
+        col.meta.captions.table.column("caption").to_pylist()
     )
     docs = client.get("/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()

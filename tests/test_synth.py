@@ -12,7 +12,17 @@ import pytest
 from PIL import Image
 
 from imtext.data import PAIRS_SCHEMA, load_pairs, split_names
-from imtext.data.synth import COLORS, PLURALS, SHAPES, generate, order_pair_accuracy, read_scenes
+from imtext.data.synth import (
+    COLORS,
+    ONE_OBJECT_SENTENCES,
+    PLURALS,
+    SHAPES,
+    Obj,
+    generate,
+    one_object_accuracy,
+    order_pair_accuracy,
+    read_scenes,
+)
 from imtext.errors import DataError
 
 N, PAIRS, SIZE = 200, 20, 64
@@ -304,3 +314,49 @@ def test_scene_checks_and_precision_at_k():
     assert (p.hits, p.most) == (1, False)  # 2 of 2 were possible
     with pytest.raises(DataError, match="not an image"):
         scenes.unmet(query, "elsewhere")
+
+
+def test_one_object_accuracy_tells_a_model_that_sees_colour_only_from_one_that_sees_shapes():
+    """An oracle that embeds each object as its own sentence scores 1.0 on both; one that sees colour and
+    mistakes every shape for a circle scores colour 1.0 and shape 1/4 (the circles among four shapes)."""
+    objects = [
+        Obj(sh, c, size, 32.0, 32.0, 6.0, (0, 0, 0))
+        for c in COLORS
+        for sh in SHAPES
+        for size in ("small", "large")
+    ]
+    sentences = np.eye(len(ONE_OBJECT_SENTENCES), dtype=np.float32)
+    row = {cs: n for n, cs in enumerate(ONE_OBJECT_SENTENCES)}
+    oracle = sentences[[row[(o.color, o.shape)] for o in objects]]
+    assert one_object_accuracy(objects, oracle, sentences) == {
+        "colour": 1.0,
+        "shape": 1.0,
+        "small": 1.0,
+        "scenes": len(objects),
+    }
+    colour_only = sentences[[row[(o.color, "circle")] for o in objects]]
+    got = one_object_accuracy(objects, colour_only, sentences)
+    assert got["colour"] == 1.0 and got["shape"] == got["small"] == 0.25
+    with pytest.raises(DataError, match="no one-object scenes"):
+        one_object_accuracy([], oracle[:0], sentences)
+
+
+def test_suggested_queries_are_searches_of_each_kind_with_several_answers(world, table):
+    """The page's examples for a synthetic collection: the kinds in turn (an object, a place, a count, a
+    relation), each with at least MIN_ANSWERS matching images in the collection, the same on every call;
+    a collection of a few images gets fewer (never a needle); other data sources propose none."""
+    from imtext.data import suggested_queries
+    from imtext.data.synth import MIN_ANSWERS, QUERY_KINDS, SceneIndex, parse_query, query_kind
+
+    spec = f"synth:{world}"
+    queries = suggested_queries(spec, table, n=6)
+    assert queries == suggested_queries(spec, table, n=6) and len(set(queries)) == len(queries) == 6
+    kinds = [query_kind(parse_query(q)) for q in queries]
+    present = [k for k in QUERY_KINDS if k in kinds]  # 240 images: few relations have 5 answers
+    assert len(present) >= 3 and kinds[: len(present)] == present  # one of each kind first, in turn
+    index, ids = SceneIndex.load(world), table.column("image_id").to_pylist()
+    assert all(len(index.relevant(q, list(set(ids)))) >= MIN_ANSWERS for q in queries)
+    assert set(queries) <= set(table.column("caption").to_pylist())  # the world's own words
+    few = table.slice(0, 5 * 4)  # four images: no query has five answers
+    assert suggested_queries(spec, few) == []
+    assert suggested_queries("coco:/nowhere", table) == []

@@ -174,8 +174,9 @@ def build_collection(
 ) -> Path:
     """Embed every image and caption of `data_spec` (`splits`, default all) with the model and write the
     collection to `out` (replacing an earlier collection there, atomically). Returns the folder.
-    `progress`: a live count of the items embedded; `summary` (default: as `progress`): a table at the end."""
-    from imtext.data import image_roots, load_pairs, split_names
+    `progress`: a live count of the items embedded; `summary` (default: as `progress`): a table at the end.
+    The example queries the data source proposes (imtext.data.suggested_queries) are kept in collection.json."""
+    from imtext.data import image_roots, load_pairs, split_names, suggested_queries
 
     out = Path(out)
     refuse_foreign(out, (out / INFO).is_file(), "an imtext collection")  # atomic_dir replaces it whole
@@ -221,6 +222,9 @@ def build_collection(
             "files": files,
             "embedding": report.engine,
         }
+        examples = suggested_queries(data_spec, pairs)
+        if examples:
+            info["examples"] = examples
         write_json(tmp / INFO, info)  # last: a folder with collection.json is complete
     if progress if summary is None else summary:
         _print_summary(f"collection {out}", rows, report)

@@ -187,6 +187,15 @@ def example_queries(images: pa.Table, n: int) -> list[str]:
     return list(dict.fromkeys(images.column("caption").take(pa.array(picks)).to_pylist()))
 
 
+def stored_or_first_captions(info: dict, images: pa.Table, n: int) -> list[str]:
+    """The page's n example queries: those the data source proposed when the collection was built (kept in
+    collection.json), then the first captions of images spread over the collection, up to n."""
+    stored = [str(q) for q in info.get("examples") or [] if str(q).strip()][:n]
+    if len(stored) == n:
+        return stored
+    return list(dict.fromkeys([*stored, *example_queries(images, n)]))[:n]
+
+
 def collection_version(index_dir: str | os.PathLike) -> str:
     """A short hash of collection.json: a folder rebuilt or grown in place gets a new one (the file records
     when it was made and the checksums of its tables), so a reader never mistakes it for what it holds."""
@@ -311,5 +320,5 @@ def _read_meta(
         captions=Rows(tables["captions"], "caption", str(folder)),
         shards=shards,
         factory={kind: str(m["factory"]) for kind, m in manifests.items()},
-        examples=example_queries(tables["images"], examples),
+        examples=stored_or_first_captions(info, tables["images"], examples),
     )

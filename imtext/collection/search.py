@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from imtext.collection.format import CollectionMeta, example_queries, read_meta
+from imtext.collection.format import CollectionMeta, read_meta, stored_or_first_captions
 from imtext.errors import ImtextError
 from imtext.index import ShardedIndex
 
@@ -78,8 +78,9 @@ class Collection:
         return Path(self.image_rows([int(id)])[0]["image_path"])
 
     def examples(self, n: int = 5) -> list[str]:
-        """Captions for example queries: the first caption of n images spread evenly over the collection."""
-        return example_queries(self.meta.images.table, n)
+        """Example queries: those the data source proposed (the synthetic world's), else the first caption
+        of n images spread evenly over the collection."""
+        return stored_or_first_captions(self.info, self.meta.images.table, n)
 
     # ---- searching -----------------------------------------------------------------------------
 

@@ -5,7 +5,16 @@ your own CSV/Parquet manifest, or the synthetic world made by `imtext.data.synth
 """
 
 from imtext.data.images import load_image
-from imtext.data.load import KINDS, image_roots, load_pairs, parse_spec
+from imtext.data.load import KINDS, image_roots, load_pairs, parse_spec, suggested_queries
 from imtext.data.pairs import PAIRS_SCHEMA, split_names
 
-__all__ = ["KINDS", "PAIRS_SCHEMA", "image_roots", "load_image", "load_pairs", "parse_spec", "split_names"]
+__all__ = [
+    "KINDS",
+    "PAIRS_SCHEMA",
+    "image_roots",
+    "load_image",
+    "load_pairs",
+    "parse_spec",
+    "split_names",
+    "suggested_queries",
+]

@@ -79,3 +79,15 @@ def load_pairs(spec: str, splits: list[str] | None = None, check_images: bool = 
         raise DataError(f"{spec}: malformed annotation data ({type(e).__name__}: {e})") from None
     except OSError as e:  # unreadable annotation file (permissions, a folder where a file should be)
         raise DataError(f"{spec}: cannot read {e.filename or 'the data'} ({e.strerror or e})") from None
+
+
+def suggested_queries(spec: str, pairs: pa.Table, n: int = 6) -> list[str]:
+    """Example searches a data source proposes for a collection of `pairs` (its own rows): the synthetic world
+    knows every scene, so it offers queries with several answers (imtext.data.synth.suggest_queries); other
+    sources propose none, and a collection then offers the first captions of images spread over it."""
+    kind, path = parse_spec(spec)
+    if kind != "synth":
+        return []
+    return synth.suggest_queries(
+        Path(path).expanduser(), pairs.column("image_id").to_pylist(), pairs.column("caption").to_pylist(), n
+    )

@@ -30,6 +30,7 @@ import random
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from itertools import zip_longest
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -552,6 +553,29 @@ def order_pair_accuracy(image_ids: list[str], caption_image, img, txt) -> float:
     return right / total
 
 
+# "a COLOUR SHAPE" for every colour and shape: what `one_object_accuracy` ranks for each one-object scene.
+ONE_OBJECT_SENTENCES: tuple[tuple[str, str], ...] = tuple((c, sh) for c in COLORS for sh in SHAPES)
+
+
+def one_object_accuracy(objects: list[Obj], img, sentences) -> dict[str, float]:
+    """Does a model see colour and shape? For each one-object scene (its object in `objects`, its image
+    embedding a row of `img`), the best of the 24 sentences "a COLOUR SHAPE" (`sentences`: their embeddings,
+    rows as in ONE_OBJECT_SENTENCES) is right about the colour, about the shape, about the shape of a small
+    object. A model that knows colours alone scores 1.0 / 0.25 (chance) / 0.25; the test rsum cannot tell
+    the two apart, a search for "a green triangle" among thousands of images can."""
+    if not len(objects):
+        raise DataError("no one-object scenes to judge")
+    best = [ONE_OBJECT_SENTENCES[int(j)] for j in (img @ sentences.T).argmax(axis=1)]
+    colour = [c == o.color for (c, _), o in zip(best, objects)]
+    shape = [sh == o.shape for (_, sh), o in zip(best, objects)]
+    small = [ok for ok, o in zip(shape, objects) if o.size == "small"]
+    return {"colour": _mean(colour), "shape": _mean(shape), "small": _mean(small), "scenes": len(objects)}
+
+
+def _mean(flags: list[bool]) -> float:
+    return sum(flags) / len(flags) if flags else float("nan")
+
+
 def read_scenes(root: str | Path) -> list[dict]:
     """What is drawn in each image (objects with shape, color, size, cx, cy, half, rgb; `pair` for order)."""
     root = Path(root).expanduser()
@@ -833,3 +857,57 @@ class SceneIndex:
         hits = sum(not u for u in unmet)
         colours = sum(q.colours_match(self.scenes[i]) for i in top)
         return Precision(query, hits, k, len(self.relevant(q, among, sizes)), unmet, colours)
+
+
+# ---- example queries for a search page ---------------------------------------------------------------------
+
+# What the page's examples show, in turn: one object; an object at a place; a count; two objects in relation.
+QUERY_KINDS = ("object", "position", "count", "relation")
+MIN_ANSWERS = 5  # an example query has at least this many matching images: a top 5 can show a search
+_TRIES_PER_KIND = 300
+
+
+def query_kind(q: SceneQuery) -> str | None:
+    """The kind of a query in QUERY_KINDS, or None (a whole-scene listing, a bare number of shapes)."""
+    if q.relation is not None:
+        return "relation"
+    if q.total is not None or len(q.mentions) != 1:
+        return None
+    m = q.mentions[0]
+    if m.position or q.position:
+        return "position"
+    if m.at_most is not None:
+        return "count"
+    return "object"
+
+
+def suggest_queries(
+    root: str | Path, image_ids: list[str], captions: list[str], n: int = 6, seed: int = 0
+) -> list[str]:
+    """n of the world's own captions (`captions[i]` describes `image_ids[i]`, the collection's pairs) to
+    offer as example searches: the kinds of QUERY_KINDS in turn, each with at least MIN_ANSWERS matching
+    images among `image_ids`, picked in a seeded random order. A caption that lists a whole scene singles out
+    one image among thousands: a needle, not a search, and no way to show what a model has learned."""
+    index = SceneIndex.load(root)
+    among = [i for i in dict.fromkeys(image_ids) if i in index.scenes]
+    by_kind: dict[str, list[SceneQuery]] = {k: [] for k in QUERY_KINDS}
+    for caption in dict.fromkeys(captions):
+        try:
+            q = parse_query(caption)
+        except DataError:
+            continue
+        kind = query_kind(q)
+        if kind is not None:
+            by_kind[kind].append(q)
+    rng = random.Random(seed)
+    picked: dict[str, list[str]] = {k: [] for k in QUERY_KINDS}
+    for kind, candidates in by_kind.items():
+        rng.shuffle(candidates)
+        wanted = -(-n // len(QUERY_KINDS))  # enough of each kind for n in turn
+        for q in candidates[:_TRIES_PER_KIND]:
+            if len(picked[kind]) == wanted:
+                break
+            if len(index.relevant(q, among)) >= MIN_ANSWERS:
+                picked[kind].append(q.text)
+    in_turn = [q for group in zip_longest(*picked.values()) for q in group if q is not None]
+    return in_turn[:n]
