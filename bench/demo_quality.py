@@ -96,7 +96,7 @@ def shape_accuracy(model_dir: Path, spec: str, scenes: SceneIndex) -> dict[str, 
     paths = dict(zip(pairs["image_id"].to_pylist(), pairs["image_path"].to_pylist()))
     split = dict(zip(pairs["image_id"].to_pylist(), pairs["split"].to_pylist()))
     single = [i for i, s in scenes.scenes.items() if len(s.objects) == 1]
-    texts = model.embed_texts([f"a {c} {sh}" for c, sh in ONE_OBJECT_SENTENCES])
+    texts = model.embed_texts(list(ONE_OBJECT_SENTENCES))
     images = dict(zip(single, model.embed_images([load_image(paths[i]) for i in single])))
 
     def accuracy(ids: list[str]) -> dict[str, float]:

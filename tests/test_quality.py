@@ -68,11 +68,13 @@ def test_demo_model_reaches_its_quality_and_reports_word_order(tmp_path):
         f"test rsum {scores['test']['rsum']:.1f}; order rsum {scores['order']['rsum']:.1f}, mirrored pairs "
         f"told apart {told_apart:.3f} (0.5: word order not read); training {seconds:.0f} s"
     )
-    examples = example_precision(model, cfg.data.spec, world)
+    world_images = embed_world(model, cfg.data.spec)
+    scenes = SceneIndex.load(world)
+    examples = example_precision(model, cfg.data.spec, scenes, world_images)
     for p in examples:
         print(f"  {p.hits}/5 of {p.relevant} matching (most: {'yes' if p.most else 'no'})  {p.query}")
     hits, mostly = sum(p.hits for p in examples), sum(p.most for p in examples)
-    held_out = shapes_seen(model, world)
+    held_out = shapes_seen(model, scenes, world_images)
     print(
         f"the page's examples: {hits}/{5 * len(examples)} of their top 5 match, most for {mostly} of "
         f"{len(examples)}; held-out one-object scenes ({held_out['scenes']}): colour {held_out['colour']:.2f}, "
@@ -82,32 +84,36 @@ def test_demo_model_reaches_its_quality_and_reports_word_order(tmp_path):
     assert len(examples) == 6 and hits >= MIN_EXAMPLE_HITS and mostly >= MIN_EXAMPLES_MOSTLY_RIGHT
 
 
-def example_precision(model, spec: str, world) -> list:
-    """Precision@5 of the examples a collection of the whole world offers, searched over all its images."""
-    import numpy as np
-
-    from imtext.data import load_image, suggested_queries
+def embed_world(model, spec: str):
+    """Every image of the world (every split, as the demo indexes it) embedded once: (pairs, ids, vectors)."""
+    from imtext.data import load_image
 
     pairs = load_pairs(spec)
     paths = dict(zip(pairs["image_id"].to_pylist(), pairs["image_path"].to_pylist()))
     ids = list(paths)
-    images = model.embed_images([load_image(paths[i]) for i in ids])
+    return pairs, ids, model.embed_images([load_image(paths[i]) for i in ids])
+
+
+def example_precision(model, spec: str, scenes: SceneIndex, world_images) -> list:
+    """Precision@5 of the examples a collection of the whole world offers, searched over all its images."""
+    import numpy as np
+
+    from imtext.data import suggested_queries
+
+    pairs, ids, images = world_images
     queries = suggested_queries(spec, pairs)
     top = np.argsort(-(model.embed_texts(queries) @ images.T), axis=1)[:, :5]
-    scenes = SceneIndex.load(world)
     return [scenes.precision_at_k(q, [ids[j] for j in row], 5, among=ids) for q, row in zip(queries, top)]
 
 
-def shapes_seen(model, world) -> dict[str, float]:
+def shapes_seen(model, scenes: SceneIndex, world_images) -> dict[str, float]:
     """one_object_accuracy on the val and test scenes that hold one object: printed, not asserted. The demo's
     model remembers its training scenes' shapes (0.77 over all one-object scenes, training included) but
     tells shapes apart in new scenes barely above chance (0.31-0.34; docs/BENCHMARKS.md)."""
-    from imtext.data import load_image
-
-    pairs = load_pairs(f"synth:{world}", splits=["val", "test"])
-    paths = dict(zip(pairs["image_id"].to_pylist(), pairs["image_path"].to_pylist()))
-    scenes = SceneIndex.load(world).scenes
-    single = [(paths[i], scenes[i].objects[0]) for i in paths if len(scenes[i].objects) == 1]
-    images = model.embed_images([load_image(path) for path, _ in single])
-    sentences = model.embed_texts([f"a {c} {sh}" for c, sh in ONE_OBJECT_SENTENCES])
-    return one_object_accuracy([o for _, o in single], images, sentences)
+    pairs, ids, images = world_images
+    split = dict(zip(pairs["image_id"].to_pylist(), pairs["split"].to_pylist()))
+    rows = [
+        n for n, i in enumerate(ids) if split[i] in ("val", "test") and len(scenes.scenes[i].objects) == 1
+    ]
+    objects = [scenes.scenes[ids[n]].objects[0] for n in rows]
+    return one_object_accuracy(objects, images[rows], model.embed_texts(list(ONE_OBJECT_SENTENCES)))

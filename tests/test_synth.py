@@ -14,7 +14,7 @@ from PIL import Image
 from imtext.data import PAIRS_SCHEMA, load_pairs, split_names
 from imtext.data.synth import (
     COLORS,
-    ONE_OBJECT_SENTENCES,
+    ONE_OBJECT_KINDS,
     PLURALS,
     SHAPES,
     Obj,
@@ -325,8 +325,8 @@ def test_one_object_accuracy_tells_a_model_that_sees_colour_only_from_one_that_s
         for sh in SHAPES
         for size in ("small", "large")
     ]
-    sentences = np.eye(len(ONE_OBJECT_SENTENCES), dtype=np.float32)
-    row = {cs: n for n, cs in enumerate(ONE_OBJECT_SENTENCES)}
+    sentences = np.eye(len(ONE_OBJECT_KINDS), dtype=np.float32)
+    row = {cs: n for n, cs in enumerate(ONE_OBJECT_KINDS)}
     oracle = sentences[[row[(o.color, o.shape)] for o in objects]]
     assert one_object_accuracy(objects, oracle, sentences) == {
         "colour": 1.0,

@@ -553,8 +553,10 @@ def order_pair_accuracy(image_ids: list[str], caption_image, img, txt) -> float:
     return right / total
 
 
-# "a COLOUR SHAPE" for every colour and shape: what `one_object_accuracy` ranks for each one-object scene.
-ONE_OBJECT_SENTENCES: tuple[tuple[str, str], ...] = tuple((c, sh) for c in COLORS for sh in SHAPES)
+# Every (colour, shape), and its sentence "a COLOUR SHAPE": what `one_object_accuracy` ranks for each
+# one-object scene.
+ONE_OBJECT_KINDS: tuple[tuple[str, str], ...] = tuple((c, sh) for c in COLORS for sh in SHAPES)
+ONE_OBJECT_SENTENCES: tuple[str, ...] = tuple(f"a {c} {sh}" for c, sh in ONE_OBJECT_KINDS)
 
 
 def one_object_accuracy(objects: list[Obj], img, sentences) -> dict[str, float]:
@@ -565,7 +567,7 @@ def one_object_accuracy(objects: list[Obj], img, sentences) -> dict[str, float]:
     the two apart, a search for "a green triangle" among thousands of images can."""
     if not len(objects):
         raise DataError("no one-object scenes to judge")
-    best = [ONE_OBJECT_SENTENCES[int(j)] for j in (img @ sentences.T).argmax(axis=1)]
+    best = [ONE_OBJECT_KINDS[int(j)] for j in (img @ sentences.T).argmax(axis=1)]
     colour = [c == o.color for (c, _), o in zip(best, objects)]
     shape = [sh == o.shape for (_, sh), o in zip(best, objects)]
     small = [ok for ok, o in zip(shape, objects) if o.size == "small"]
@@ -900,10 +902,10 @@ def suggest_queries(
         if kind is not None:
             by_kind[kind].append(q)
     rng = random.Random(seed)
+    wanted = -(-n // len(QUERY_KINDS))  # enough of each kind for n in turn
     picked: dict[str, list[str]] = {k: [] for k in QUERY_KINDS}
     for kind, candidates in by_kind.items():
         rng.shuffle(candidates)
-        wanted = -(-n // len(QUERY_KINDS))  # enough of each kind for n in turn
         for q in candidates[:_TRIES_PER_KIND]:
             if len(picked[kind]) == wanted:
                 break
