@@ -28,6 +28,7 @@ Backbone = Literal[
 ]
 Negatives = Literal["all", "hardest", "semi-hard", "top-k", "infonce"]
 LrSchedule = Literal["cosine", "constant"]
+Flip = Literal["auto", "mirror", "off"]  # train.flip
 SelectionMetric = Literal["rsum", "i2t_rsum", "t2i_rsum"]  # validation metrics a run or a search selects by
 # Choices of commands rather than of the config, kept here so that each is declared once.
 EvalProtocol = Literal["all", "coco1k", "coco5k"]  # imtext eval: every image of the split, COCO 1K or 5K
@@ -127,6 +128,9 @@ class TrainConfig:
     weight_decay: float = 1e-4
     grad_clip: float = 2.0
     lr_schedule: LrSchedule = "cosine"  # after a linear warm-up of at most one epoch
+    # Left-right flips of training images, each caption's left/right swapped to match (imtext.text.mirror):
+    # mirror = half the images, off = none, auto = mirror for photo backbones, off for smallcnn
+    flip: Flip = "auto"
     seed: int = 0
     workers: int = 1  # Ray Train workers; 0 = plain in-process loop without Ray
     use_gpu: bool = False

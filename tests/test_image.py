@@ -313,7 +313,7 @@ def test_pretrained_transforms():
     train = image_transform("resnet50", 56, train=True)
     outs = [train(im) for _ in range(6)]
     assert all(o.shape == (3, 56, 56) for o in outs)
-    assert any(not torch.equal(o, outs[0]) for o in outs)  # random crop / flip are active
+    assert any(not torch.equal(o, outs[0]) for o in outs)  # random crop is active (flips: PairDataset)
     lite = image_transform("efficientnet_lite0", 32, train=False)(Image.new("RGB", (40, 40), (255, 255, 255)))
     assert torch.allclose(lite, torch.full_like(lite, (1 - 127 / 255) / (128 / 255)))
     with pytest.raises(ImtextError, match="precomputed features"):
@@ -417,3 +417,22 @@ def test_load_features_errors_and_variable_lists(tmp_path):
     pq.write_table(pa.table({"image_id": ["x", "y"], "feature": [[1.0, 2.0], [3.0]]}), ragged)
     with pytest.raises(ImtextError, match="different lengths"):
         load_features(ragged)
+
+
+def test_a_photo_backbone_trains_on_pixels_with_mirrored_flips(synth_world, tmp_path, monkeypatch):
+    """A photo backbone fine-tuned on pixels goes through the training set's flips in the real loop: about
+    half its items are flipped (each asks for its mirrored caption), and the steps run to a finite loss."""
+    from imtext.train import batches
+    from imtext.train.loop import train_local
+    from tests.conftest import tiny_config
+
+    mirrored, mirror = [], batches.mirror_caption
+    monkeypatch.setattr(batches, "mirror_caption", lambda c: mirrored.append(c) or mirror(c))
+    cfg = tiny_config(
+        synth_world,
+        tmp_path / "model",
+        **{"image.backbone": "resnet18", "image.weights": "none", "image.image_size": 32, "train.epochs": 1},
+    )
+    history = train_local(cfg, max_steps=3)[1]
+    assert len(history) == 1 and np.isfinite(history[0]["loss"]) and history[0]["steps"] == 3
+    assert 0.3 * 3 * 64 < len(mirrored) < 0.7 * 3 * 64  # 64 items a step, flipped with probability 0.5

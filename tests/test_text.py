@@ -292,3 +292,60 @@ def test_swap_groups_synthetic_and_errors():
     ]:
         with pytest.raises(ImtextError, match=message):
             parse_groups(bad)
+
+
+# ---- flipped images, mirrored captions ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "caption, mirrored",
+    [
+        ("A dog to the LEFT of a man.", "a dog to the right of a man"),
+        ("the rightmost car, left lane", "the leftmost car right lane"),
+        ("a red circle on the right side", "a red circle on the left side"),
+        ("a dog on a beach", None),  # no side named: the flipped image fits the caption as written
+        ("leftover pizza", None),  # a word that merely starts with a side is not one
+    ],
+)
+def test_mirror_caption_swaps_side_words(caption, mirrored):
+    from imtext.text.mirror import mirror_caption
+
+    assert mirror_caption(caption) == mirrored
+
+
+def test_training_flips_mirror_the_caption_with_the_image(vocab):
+    """PairDataset(hflip=1): every image comes flipped; a caption that names a side comes with its side
+    words swapped (so the pair stays true), any other caption as it was; an item whose sentence vector was
+    computed for the caption as written stays unflipped; hflip=0 (smallcnn's default) changes nothing."""
+    import numpy as np
+    import torch
+
+    from imtext.image import train_flip_probability
+    from imtext.train.batches import PairDataset, SplitView
+
+    captions = ["a red circle left of a blue square", "a green triangle"]
+    view = SplitView(["a", "b"], ["a.png", "b.png"], captions, np.array([0, 1]))
+    pixels = torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).reshape(2, 3, 4, 5)
+    featurizer = TextFeaturizer("gru", vocab)
+
+    def dataset(hflip, sentences=None):
+        ds = PairDataset(view, featurizer, transform=lambda path: None, hflip=hflip, sentences=sentences)
+        ds.image = lambda i: pixels[i]  # no files: the pixels of image i
+        return ds
+
+    flipped = dataset(1.0)
+    image, ids, index, _, _ = flipped[0]
+    assert torch.equal(image, pixels[0].flip(-1)) and index == 0
+    assert ids == featurizer("a red circle right of a blue square") != featurizer(captions[0])
+    image, ids, _, _, _ = flipped[1]
+    assert torch.equal(image, pixels[1].flip(-1)) and ids == featurizer(captions[1])
+    kept = dataset(1.0, sentences=torch.zeros(2, 4))
+    image, ids, _, _, _ = kept[0]
+    assert torch.equal(image, pixels[0]) and ids == featurizer(captions[0])
+    assert torch.equal(kept[1][0], pixels[1].flip(-1))  # no side named: flipping is still safe
+    plain = dataset(0.0)
+    assert all(torch.equal(plain[i][0], pixels[i]) and plain[i][1] == featurizer(captions[i]) for i in (0, 1))
+    assert train_flip_probability("smallcnn") == 0.0 and train_flip_probability("resnet50") == 0.5
+    assert (
+        train_flip_probability("smallcnn", "mirror") == 0.5 and train_flip_probability("resnet50", "off") == 0
+    )

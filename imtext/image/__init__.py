@@ -1,6 +1,13 @@
 """The image branch's CNN part: backbones, their pixel transforms, and precomputed features."""
 
-from imtext.image.backbones import BACKBONES, OUT_DIMS, Backbone, build_backbone, image_transform
+from imtext.image.backbones import (
+    BACKBONES,
+    OUT_DIMS,
+    Backbone,
+    build_backbone,
+    image_transform,
+    train_flip_probability,
+)
 from imtext.image.features import compute_features, load_features
 
 __all__ = [
@@ -11,4 +18,5 @@ __all__ = [
     "compute_features",
     "image_transform",
     "load_features",
+    "train_flip_probability",
 ]

@@ -358,12 +358,23 @@ def normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return IMAGENET_MEAN, IMAGENET_STD
 
 
+def train_flip_probability(name: str, flip: str = "auto") -> float:
+    """How often training flips an image left-right, its caption mirrored (`train.flip`): half the time
+    with `mirror`, never with `off`; `auto` mirrors photos, as ImageNet backbones are trained, and not
+    smallcnn's synthetic scenes, which flipped scored fewer of the demo's examples (docs/BENCHMARKS.md,
+    "Word order: what was tried")."""
+    if flip == "auto":
+        flip = "off" if name in ("smallcnn", "none") else "mirror"
+    return 0.5 if flip == "mirror" else 0.0
+
+
 def image_transform(name: str, image_size: int, train: bool) -> Callable:
     """PIL image -> (3, image_size, image_size) float tensor, as the backbone expects it.
 
-    Pretrained backbones get their weights' normalisation (train: random resized crop + flip; eval: resize +
-    center crop). smallcnn gets the whole image resized and scaled to [-1, 1], with no flip and no crop:
-    the synthetic captions say left/right and name every object, so both would make captions false.
+    Pretrained backbones get their weights' normalisation (train: random resized crop; eval: resize +
+    center crop). smallcnn gets the whole image resized and scaled to [-1, 1], with no crop: the synthetic
+    captions name every object and where it is. Flips are not here: a flip must change the caption too
+    (left <-> right), so the training data set does it (train_flip_probability, PairDataset's `hflip`).
     """
     from torchvision import transforms as T
 
@@ -390,7 +401,6 @@ def image_transform(name: str, image_size: int, train: bool) -> Callable:
             [
                 rgb,
                 T.RandomResizedCrop(image_size, scale=(0.5, 1.0), antialias=True),
-                T.RandomHorizontalFlip(),
                 T.ToTensor(),
                 norm,
             ]

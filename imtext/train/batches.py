@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 from imtext.data import load_image
 from imtext.errors import DataError
 from imtext.text import UNK_ID, TextFeaturizer, collate_texts
+from imtext.text.mirror import mirror_caption
 from imtext.text.swap import WordSwap
 
 
@@ -73,7 +74,11 @@ class PairDataset(Dataset):
     caption's sentence vector or None, word swaps or None). The sentence vectors (N, dim) are the split's,
     from the text branch's sentence encoder, computed once by the caller. Word swaps: `swaps` copies of the
     caption with one word swapped (feature ids, or None where it has no word to swap) when a WordSwap is
-    given: hard negatives of the image, drawn afresh each time the item is read."""
+    given: hard negatives of the image, drawn afresh each time the item is read.
+
+    `hflip`: the probability of flipping an item's image left-right, its caption's side words swapped to
+    match (imtext.text.mirror). An item whose caption names a side and has a precomputed sentence vector
+    stays unflipped: that vector was computed for the caption as written."""
 
     def __init__(
         self,
@@ -85,6 +90,7 @@ class PairDataset(Dataset):
         swap: WordSwap | None = None,
         swaps: int = 0,
         sentences: torch.Tensor | None = None,
+        hflip: float = 0.0,
     ):
         if transform is None and features is None:
             raise ValueError("PairDataset needs an image transform or precomputed features")
@@ -96,6 +102,7 @@ class PairDataset(Dataset):
         self.transform = transform
         self.features = features
         self.swap, self.swaps = swap, swaps if swap is not None else 0
+        self.hflip = hflip if features is None else 0.0  # feature vectors cannot be flipped
         self.text_ids = [featurizer(c) for c in view.captions]
         # Small datasets (the synthetic world, coco-mini) decode each image once.
         self._load = lru_cache(maxsize=cache_images)(load_image)
@@ -111,11 +118,18 @@ class PairDataset(Dataset):
     def __getitem__(self, n: int):
         image_index = int(self.view.caption_image[n])
         sentence = None if self.sentences is None else self.sentences[n]
+        image, caption, ids = self.image(image_index), self.view.captions[n], self.text_ids[n]
+        if self.hflip and float(torch.rand(())) < self.hflip:
+            mirrored = mirror_caption(caption)
+            if mirrored is None:
+                image = image.flip(-1)
+            elif sentence is None:
+                image, caption, ids = image.flip(-1), mirrored, self.featurizer(mirrored)
         hard = None
         if self.swaps:
-            swapped = [self.swap(self.view.captions[n]) for _ in range(self.swaps)]
+            swapped = [self.swap(caption) for _ in range(self.swaps)]
             hard = [None if c is None else self.featurizer(c) for c in swapped]
-        return self.image(image_index), self.text_ids[n], image_index, sentence, hard
+        return image, ids, image_index, sentence, hard
 
 
 def collate_pairs(items) -> dict[str, torch.Tensor]:

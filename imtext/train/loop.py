@@ -24,6 +24,7 @@ from imtext.config import Config
 from imtext.data import load_pairs
 from imtext.errors import ImtextError
 from imtext.evaluate import evaluate
+from imtext.image import train_flip_probability
 from imtext.loss import RankingLoss
 from imtext.model import WEIGHTS_FILE, TwoBranch, refuse_foreign_out
 from imtext.text import Vocab
@@ -131,6 +132,7 @@ def make_loader(setup: Setup, rank: int, world_size: int, device: torch.device) 
         swap=swap,
         swaps=cfg.loss.swap_negatives,
         sentences=setup.sentences,
+        hflip=train_flip_probability(cfg.image.backbone, cfg.train.flip),
     )
     local_batch = max(2, cfg.train.batch_size // world_size)
     if world_size > 1:
