@@ -22,6 +22,7 @@ import re
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 
@@ -30,6 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from imtext.data.synth import Precision, SceneIndex  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 from tests.logged_process import interrupt, start_logged, wait_for_line  # noqa: E402
+
+if TYPE_CHECKING:
+    from imtext.model import TwoBranch
 
 README_QUERY = "a red circle left of a blue square"  # the README's own example, beside the page's
 K = 5
@@ -80,7 +84,7 @@ def print_examples(rows: list[tuple[Precision, Precision]], title: str) -> None:
                 print(f"  {p.query!r} #{rank}: {'; '.join(unmet)}")
 
 
-def shape_accuracy(model_dir: Path, spec: str, scenes: SceneIndex) -> dict[str, float]:
+def shape_accuracy(model: TwoBranch, spec: str, scenes: SceneIndex) -> dict[str, float]:
     """Colour and shape accuracy on the world's one-object scenes (imtext.data.synth.one_object_accuracy; a
     model that has learned colour alone scores 1.0 / 0.25): `shape` over all of them, training scenes
     included (what a search of the whole collection meets), `held_out` and `small_held_out` over the val and
@@ -89,9 +93,7 @@ def shape_accuracy(model_dir: Path, spec: str, scenes: SceneIndex) -> dict[str, 
 
     from imtext.data import load_image, load_pairs
     from imtext.data.synth import ONE_OBJECT_SENTENCES, one_object_accuracy
-    from imtext.model import TwoBranch
 
-    model = TwoBranch.load(model_dir)
     pairs = load_pairs(spec)
     paths = dict(zip(pairs["image_id"].to_pylist(), pairs["image_path"].to_pylist()))
     split = dict(zip(pairs["image_id"].to_pylist(), pairs["split"].to_pylist()))
@@ -107,16 +109,14 @@ def shape_accuracy(model_dir: Path, spec: str, scenes: SceneIndex) -> dict[str, 
     return {"shape": every["shape"], "held_out": held["shape"], "small_held_out": held["small"]}
 
 
-def evaluate_model(model_dir: Path, spec: str) -> dict[str, float]:
+def evaluate_model(model: TwoBranch, spec: str) -> dict[str, float]:
     """Test and order rsum, and the order pairs' accuracy (0.5: word order not read; see order_pair_accuracy)."""
     from imtext.data import load_pairs
     from imtext.data.synth import order_pair_accuracy
     from imtext.evaluate import embed_split
     from imtext.metrics import retrieval
-    from imtext.model import TwoBranch
     from imtext.train.batches import SplitView
 
-    model = TwoBranch.load(model_dir)
     pairs = load_pairs(spec, splits=["test", "order"])
     out = {}
     for split in ("test", "order"):
@@ -160,12 +160,14 @@ def run_demo(args: argparse.Namespace) -> None:
         interrupt(proc)  # Ctrl-C, as a user stops the demo
     import torch
 
+    from imtext.model import TwoBranch
+
     torch.set_num_threads(args.threads)
     world = args.workdir / "synth"
     scenes = SceneIndex.load(world)
     assert among_n == len(scenes.scenes), (among_n, len(scenes.scenes))  # the demo indexes every split
     rows = score_examples(scenes, ranked, list(scenes.scenes))
-    rsum = evaluate_model(args.workdir / "model", f"synth:{world}")
+    rsum = evaluate_model(TwoBranch.load(args.workdir / "model"), f"synth:{world}")
     stages = [line.rstrip() for line in lines if re.match(r"\s*(data|train|eval|index)\s+\S+ s ", line)]
     print("\nstages:", *stages, sep="\n  ")
     print(
@@ -203,12 +205,12 @@ def run_seeds(args: argparse.Namespace) -> None:
         t0 = time.perf_counter()
         _, history = train_local(cfg)
         seconds = time.perf_counter() - t0
-        rsum = evaluate_model(out, demo.data_spec)
+        model = TwoBranch.load(out)
+        rsum = evaluate_model(model, demo.data_spec)
         index = build_collection(
             out, demo.data_spec, args.workdir / f"index-seed{seed}", use_ray=False, progress=False
         )
         col = Collection.load(index)
-        model = TwoBranch.load(out)
         queries = [*col.meta.examples, README_QUERY]
         hits = col.search_images(model.embed_texts(queries), K)
         ranked = {q: [h["image_id"] for h in row] for q, row in zip(queries, hits)}
@@ -216,7 +218,7 @@ def run_seeds(args: argparse.Namespace) -> None:
         print_examples(rows, f"seed {seed}: the page's examples, top {K} images (in-process collection)")
         most = sum(p.most for p, _ in rows[:-1])
         hits = sum(p.hits for p, _ in rows[:-1])
-        shapes = shape_accuracy(out, demo.data_spec, scenes)
+        shapes = shape_accuracy(model, demo.data_spec, scenes)
         summary.append((seed, rsum, seconds, hits, most, len(rows) - 1, shapes, history))
     print(
         "\n| seed | test rsum | order rsum | order pairs | val rsum per epoch | train s (this process) | "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -53,7 +54,6 @@ OWN_CLUSTER_MODULES = {
     "test_demo",
     "test_documented_commands",
     "test_multinode",
-    "test_submit",
     "test_wheel_submit",
 }
 
@@ -107,6 +107,42 @@ def synth_world(tmp_path_factory) -> Path:
     from imtext.data.synth import generate
 
     return generate(tmp_path_factory.mktemp("synth") / "world", n_images=600, seed=1, order_pairs=40)
+
+
+@dataclass(frozen=True)
+class DemoModel:
+    model_dir: Path
+    world: Path
+    spec: str  # synth:<world>
+    seconds: float  # training, in this process
+
+
+@pytest.fixture(scope="session")
+def demo_model(tmp_path_factory) -> DemoModel:
+    """The demo's model, trained as `imtext demo` trains it (the synthetic recipe with the demo's settings,
+    imtext.cli.demo.DEMO_SYNTH, on the demo's 2,000-scene world, seed 0) by the loop Ray Train runs, here in
+    this process on 2 threads: the quality test judges it and the page's example test serves it. About 2
+    minutes, once a session."""
+    import argparse
+    import time
+
+    from imtext.cli.demo import plan
+    from imtext.data.synth import generate
+    from imtext.train.loop import train_local
+
+    root = tmp_path_factory.mktemp("demo")
+    demo = plan(argparse.Namespace(workdir=str(root), data=None, tiny=False))
+    world = generate(root / "synth", n_images=demo.images, seed=0, order_pairs=demo.order_pairs)
+    cfg = demo.config.override({"data.spec": f"synth:{world}", "train.workers": 0})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        started = time.perf_counter()
+        train_local(cfg)
+        seconds = time.perf_counter() - started
+    finally:
+        torch.set_num_threads(threads)
+    return DemoModel(Path(cfg.train.out), world, cfg.data.spec, seconds)
 
 
 def tiny_config(world: Path, out: Path, **overrides):

@@ -1,5 +1,6 @@
 """Quality on the synthetic world (seeded, CPU): the demo's model, trained exactly as `imtext demo` trains it
-(the synthetic recipe with the demo's settings, imtext.cli.demo.DEMO_SYNTH, on the demo's world), reaches
+(the synthetic recipe with the demo's settings, imtext.cli.demo.DEMO_SYNTH, on the demo's world; the session
+fixture `demo_model`, which the page's example test serves too), reaches
 the test rsum issue #16 asks of it, and gets most of the top 5 right for most of the examples its page offers
 (imtext.data.suggested_queries, searched over the whole world as the demo indexes it), with margin.
 
@@ -18,25 +19,14 @@ images apart, so that comparison now lives only in the benchmarks (and this test
 
 from __future__ import annotations
 
-import argparse
-import time
-
 import pytest
 
-from imtext.cli.demo import plan
 from imtext.data import load_pairs
-from imtext.data.synth import (
-    ONE_OBJECT_SENTENCES,
-    SceneIndex,
-    generate,
-    one_object_accuracy,
-    order_pair_accuracy,
-)
+from imtext.data.synth import ONE_OBJECT_SENTENCES, SceneIndex, one_object_accuracy, order_pair_accuracy
 from imtext.evaluate import embed_split
 from imtext.metrics import retrieval
 from imtext.report import print_metrics
 from imtext.train.batches import SplitView
-from imtext.train.loop import train_local
 
 pytestmark = pytest.mark.slow  # about 2 minutes on 2 cores: the demo's 5 epochs on 2,000 scenes
 
@@ -46,17 +36,14 @@ MIN_TEST_RSUM = 280  # of 600, on the demo world's 200 test images (#16's target
 MIN_EXAMPLE_HITS, MIN_EXAMPLES_MOSTLY_RIGHT = 14, 3
 
 
-def test_demo_model_reaches_its_quality_and_reports_word_order(tmp_path):
+def test_demo_model_reaches_its_quality_and_reports_word_order(demo_model):
     import torch
 
+    from imtext.model import TwoBranch
+
     torch.set_num_threads(2)
-    demo = plan(argparse.Namespace(workdir=str(tmp_path), data=None, tiny=False))
-    world = generate(tmp_path / "synth", n_images=demo.images, seed=0, order_pairs=demo.order_pairs)
-    cfg = demo.config.override({"data.spec": f"synth:{world}", "train.workers": 0})  # the loop Ray Train runs
-    started = time.perf_counter()
-    model, _ = train_local(cfg)
-    seconds = time.perf_counter() - started
-    pairs = load_pairs(cfg.data.spec, splits=["test", "order"])
+    model, spec, seconds = TwoBranch.load(demo_model.model_dir), demo_model.spec, demo_model.seconds
+    pairs = load_pairs(spec, splits=["test", "order"])
     scores = {}
     for split in ("test", "order"):
         view = SplitView.from_table(pairs, split)
@@ -68,9 +55,9 @@ def test_demo_model_reaches_its_quality_and_reports_word_order(tmp_path):
         f"test rsum {scores['test']['rsum']:.1f}; order rsum {scores['order']['rsum']:.1f}, mirrored pairs "
         f"told apart {told_apart:.3f} (0.5: word order not read); training {seconds:.0f} s"
     )
-    world_images = embed_world(model, cfg.data.spec)
-    scenes = SceneIndex.load(world)
-    examples = example_precision(model, cfg.data.spec, scenes, world_images)
+    world_images = embed_world(model, spec)
+    scenes = SceneIndex.load(demo_model.world)
+    examples = example_precision(model, spec, scenes, world_images)
     for p in examples:
         print(f"  {p.hits}/5 of {p.relevant} matching (most: {'yes' if p.most else 'no'})  {p.query}")
     hits, mostly = sum(p.hits for p in examples), sum(p.most for p in examples)
