@@ -33,8 +33,10 @@ def free_port() -> int:
             return port
 
 
-# Suite order. Every module that uses the shared session Ray runs first, back to back, while that Ray is fresh;
-# then the modules without Ray; the modules that start Ray clusters of their own (`ray start --head`, a
+# Suite order. test_quality runs first: it trains the demo's model (the session fixture demo_model, which
+# test_ui_examples serves later) on an idle machine, before any Ray starts (beside the shared Ray and its
+# Serve it took 1.7x as long). Then every module that uses the shared session Ray, back to back, while that
+# Ray is fresh; then the modules without Ray; the modules that start Ray clusters of their own (`ray start --head`, a
 # second raylet, the demo's local Ray) run last. In CI the shared Ray's later users hung (a two-worker Ray
 # Train run waiting on "Requesting resources: {'CPU': 1.0} * 2" with 0 of 8 CPUs in use; later Serve's
 # first replica never starting) when minutes of CPU-bound training (test_quality) ran between them on the
@@ -58,9 +60,14 @@ OWN_CLUSTER_MODULES = {
 }
 
 
+FIRST_MODULES = ["test_quality"]
+
+
 def pytest_collection_modifyitems(config, items):
     def rank(item) -> tuple[int, int]:
         module = Path(str(item.fspath)).stem
+        if module in FIRST_MODULES:
+            return -1, FIRST_MODULES.index(module)
         if module in SHARED_RAY_MODULES:
             return 0, SHARED_RAY_MODULES.index(module)
         return (2, 0) if module in OWN_CLUSTER_MODULES else (1, 0)

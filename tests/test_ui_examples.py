@@ -32,7 +32,7 @@ from test_ui import _query_box, _shot, browser_context  # noqa: E402, F401  (the
 from imtext.data.synth import Precision, SceneIndex  # noqa: E402
 from ui.app import CALIBRATION_K, launch  # noqa: E402
 
-pytestmark = [pytest.mark.ray, pytest.mark.browser]
+pytestmark = [pytest.mark.ray, pytest.mark.browser, pytest.mark.slow]  # the demo_model fixture: 2 minutes
 
 K = 5
 README_QUERY = "a red circle left of a blue square"
