@@ -20,6 +20,7 @@ from torch import nn
 
 from imtext.atomic import atomic_dir, refuse_foreign
 from imtext.config import Config, ImageConfig, ModelConfig, TextConfig
+from imtext.digest import update_with_tensors
 from imtext.errors import ImtextError
 from imtext.image import build_backbone, image_transform
 from imtext.text import TextFeaturizer, Vocab, build_text_encoder, collate_texts
@@ -203,9 +204,7 @@ class TwoBranch(nn.Module):
         nor by this one after its vocab.json or text/image/model settings changed."""
         if not self._fingerprint:
             h = hashlib.sha256()
-            for name, tensor in sorted(self.state_dict().items()):
-                h.update(name.encode())
-                h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+            update_with_tensors(h, self.state_dict())
             h.update(b"\0vocab\0")
             vocab = {"words": self.vocab.words, "df": self.vocab.df, "num_docs": self.vocab.num_docs}
             h.update(json.dumps(vocab, sort_keys=True, ensure_ascii=False).encode("utf-8"))

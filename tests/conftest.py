@@ -36,12 +36,12 @@ def free_port() -> int:
 # Suite order. test_quality runs first: it trains the demo's model (the session fixture demo_model, which
 # test_ui_examples serves later) on an idle machine, before any Ray starts (beside the shared Ray and its
 # Serve it took 1.7x as long). Then every module that uses the shared session Ray, back to back, while that
-# Ray is fresh; then the modules without Ray; the modules that start Ray clusters of their own (`ray start --head`, a
-# second raylet, the demo's local Ray) run last. In CI the shared Ray's later users hung (a two-worker Ray
-# Train run waiting on "Requesting resources: {'CPU': 1.0} * 2" with 0 of 8 CPUs in use; later Serve's
-# first replica never starting) when minutes of CPU-bound training (test_quality) ran between them on the
-# 2-core machine, while the same modules back to back pass. pytest-timeout (pyproject.toml) turns any hang
-# left into a failure with every thread's stack instead of a CI run that never ends.
+# Ray is fresh; then the modules without Ray; the modules that start Ray clusters of their own (`ray start
+# --head`, a second raylet, the demo's local Ray) run last. In CI the shared Ray's later users hung (a
+# two-worker Ray Train run waiting on "Requesting resources: {'CPU': 1.0} * 2" with 0 of 8 CPUs in use;
+# later Serve's first replica never starting) when minutes of CPU-bound training (test_quality) ran between
+# them on the 2-core machine, while the same modules back to back pass. pytest-timeout (pyproject.toml)
+# turns any hang left into a failure with every thread's stack instead of a CI run that never ends.
 SHARED_RAY_MODULES = [
     "test_ray_train",
     "test_cluster_storage",

