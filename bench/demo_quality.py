@@ -170,8 +170,10 @@ def run_demo(args: argparse.Namespace) -> None:
     rsum = evaluate_model(TwoBranch.load(args.workdir / "model"), f"synth:{world}")
     stages = [line.rstrip() for line in lines if re.match(r"\s*(data|train|eval|index)\s+\S+ s ", line)]
     print("\nstages:", *stages, sep="\n  ")
+    to_ready = next(i for i, line in enumerate(lines) if "ready after" in line) + 1
     print(
-        f"\nready after {ready.group(1)} s; test rsum {rsum['test']:.1f}, order rsum {rsum['order']:.1f}, "
+        f"\nready after {ready.group(1)} s ({to_ready} lines of output to there); "
+        f"test rsum {rsum['test']:.1f}, order rsum {rsum['order']:.1f}, "
         f"order pair accuracy {rsum['pairs']:.3f}; "
         f"load average before {load_before[0]:.2f}, at ready {load_at_ready[0]:.2f} (1 min)"
     )

@@ -29,6 +29,7 @@ Backbone = Literal[
 Negatives = Literal["all", "hardest", "semi-hard", "top-k", "infonce"]
 LrSchedule = Literal["cosine", "constant"]
 Flip = Literal["auto", "mirror", "off"]  # train.flip
+FreshTwins = Literal["sides", "all", "off"]  # data.fresh_twins: mirrored left-right; also top-bottom; none
 SelectionMetric = Literal["rsum", "i2t_rsum", "t2i_rsum"]  # validation metrics a run or a search selects by
 # Choices of commands rather than of the config, kept here so that each is declared once.
 EvalProtocol = Literal["all", "coco1k", "coco5k"]  # imtext eval: every image of the split, COCO 1K or 5K
@@ -47,6 +48,16 @@ class DataConfig:
     # Precomputed backbone features (parquet written by `imtext features`); empty = read pixels.
     features: str = ""
     max_train_pairs: int = 0  # 0 = all; handy for quick runs
+    # Synthetic worlds only (imtext.train.fresh): train on scenes drawn afresh at every step instead of the
+    # stored training split, which still sets the vocabulary and how many samples an epoch holds. No scene
+    # repeats, so the model learns shapes and relations instead of remembering its training scenes.
+    fresh_scenes: bool = False
+    fresh_relations: float = 0.5  # the share of two-object scenes captioned with their relation ...
+    fresh_relation_epochs: int = 0  # ... after this many first epochs of those alone
+    # sides: a caption naming a side brings its mirror into the batch (the scene drawn mirrored left-right,
+    # the sides swapped); all: also up-down places, mirrored top-bottom (word order improves, the demo's
+    # examples did not: docs/BENCHMARKS.md, "Fresh scenes")
+    fresh_twins: FreshTwins = "sides"
 
 
 @dataclass
@@ -76,6 +87,8 @@ class ImageConfig:
     weights: str = "default"  # default (the backbone's pretrained weights) | none | /path/to/file.safetensors
     finetune: bool = True  # False: frozen backbone (precomputed features when data.features is set)
     image_size: int = 0  # 0 = the backbone's own size: 64 px for smallcnn, 224 for ImageNet backbones
+    # smallcnn only: its first stage's channels (the later ones 2x, 4x, 4x); 16 trains twice as fast as 32
+    smallcnn_width: int = 32
 
     def size(self) -> int:
         return self.image_size or (64 if self.backbone == "smallcnn" else 224)
@@ -138,7 +151,7 @@ class TrainConfig:
     gather_negatives: bool = True  # all-gather embeddings so the loss sees the global batch
     loader_workers: int = 0
     amp: bool = True  # bf16 autocast on GPU (ignored on CPU)
-    channels_last: bool = True  # on GPU
+    channels_last: bool = True  # convolutions in channels-last memory format: faster on GPUs and CPUs alike
     compile: bool = False
     num_to_keep: int = 2  # best checkpoints kept by validation rsum
     max_failures: int = 2
@@ -219,6 +232,32 @@ class Config:
             cfg.image.weights = str(Path(cfg.image.weights).expanduser().resolve())
         return cfg
 
+    def _check_fresh_scenes(self) -> None:
+        """data.fresh_scenes draws pixels and captions from a synthetic world's generator: what needs stored
+        captions or images (features, sentence vectors, word swaps, train.flip) cannot go with it."""
+        from imtext.data.load import parse_spec
+
+        if parse_spec(self.data.spec)[0] != "synth":
+            raise ImtextError(
+                f"data.fresh_scenes draws new scenes from a synthetic world's generator; data.spec "
+                f"{self.data.spec!r} is not one (synth:DIR, made by `imtext data synth`)"
+            )
+        clash = {
+            "data.features": bool(self.data.features),
+            "text.sentence_encoder": self.text.sentence_encoder != "none",
+            "loss.swap_negatives": self.loss.swap_negatives > 0,
+            "train.flip=mirror": self.train.flip == "mirror",
+        }
+        if any(clash.values()):
+            raise ImtextError(
+                f"data.fresh_scenes cannot go with {', '.join(k for k, v in clash.items() if v)}: fresh "
+                "scenes are drawn as pixels with their captions at every step (their twins are the mirrors)"
+            )
+        if not 0.0 <= self.data.fresh_relations <= 1.0:
+            raise ImtextError(f"data.fresh_relations must be within [0, 1], got {self.data.fresh_relations}")
+        if self.data.fresh_relation_epochs < 0:
+            raise ImtextError("data.fresh_relation_epochs must be >= 0")
+
     def validate(self) -> Config:
         """Check the values a type cannot express; a fixed-choice key is checked wherever it was set
         (also when a field is assigned directly instead of through YAML or `override`)."""
@@ -229,6 +268,10 @@ class Config:
                 _check_choice(hints[f.name], getattr(part, f.name), f"{section.name}.{f.name}")
         if self.loss.margin < 0:
             raise ImtextError("loss.margin must be >= 0")
+        if self.data.fresh_scenes:
+            self._check_fresh_scenes()
+        if self.image.smallcnn_width < 4:
+            raise ImtextError(f"image.smallcnn_width must be at least 4, got {self.image.smallcnn_width}")
         if self.loss.swap_negatives < 0:
             raise ImtextError("loss.swap_negatives must be >= 0")
         if self.loss.swap_negatives:

@@ -111,7 +111,9 @@ class TwoBranch(nn.Module):
                 raise ImtextError("image.backbone=none needs precomputed features (data.features)")
             self.backbone = build_backbone("none", feature_dim=feature_dim)
         else:
-            self.backbone = build_backbone(image.backbone, weights=weights, image_size=image.size())
+            self.backbone = build_backbone(
+                image.backbone, weights=weights, image_size=image.size(), smallcnn_width=image.smallcnn_width
+            )
         if self.frozen_backbone:
             self.backbone.requires_grad_(False)
         self.image_head = MLPHead(

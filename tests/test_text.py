@@ -313,6 +313,21 @@ def test_mirror_caption_swaps_side_words(caption, mirrored):
     assert mirror_caption(caption) == mirrored
 
 
+@pytest.mark.parametrize(
+    "caption, upside_down",
+    [
+        ("a red circle sits beneath a blue square", "a red circle sits above a blue square"),
+        ("near the top left there is a cross", "near the bottom left there is a cross"),
+        ("a cross over a circle", "a cross under a circle"),
+        ("a red circle left of a blue square", None),  # sides stay where they are
+    ],
+)
+def test_mirror_caption_top_bottom_swaps_up_down_words(caption, upside_down):
+    from imtext.text.mirror import mirror_caption
+
+    assert mirror_caption(caption, "v") == upside_down
+
+
 def test_training_flips_mirror_the_caption_with_the_image(vocab):
     """PairDataset(hflip=1): every image comes flipped; a caption that names a side comes with its side
     words swapped (so the pair stays true), any other caption as it was; an item whose sentence vector was

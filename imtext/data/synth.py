@@ -336,7 +336,40 @@ class _Captioner:
         return out
 
 
+def draw_captioned(rng: random.Random, size: int, relation: bool = False) -> tuple[Scene, str]:
+    """A new scene and one true caption of it, for training on scenes drawn afresh (imtext.train.fresh).
+
+    relation=False: a scene as the world draws them, with one of the five captions the world would write.
+    relation=True: a two-object scene with a caption relating them ("a red circle left of a blue square"),
+    the kind of caption a model learns last (docs/BENCHMARKS.md, "Fresh scenes")."""
+    if not relation:
+        scene = sample_scene(rng, size)
+        return scene, rng.choice(_Captioner(rng, scene, size).captions(5))
+    keys = [(c, sh) for c in COLORS for sh in SHAPES]
+    while True:
+        specs = [(c, sh, rng.choice(SIZES)) for c, sh in rng.sample(keys, 2)]
+        objects = _place(rng, size, specs)
+        if objects is None:
+            continue
+        scene = Scene(objects, _background(rng))
+        caption = _Captioner(rng, scene, size).relation()
+        if caption is not None:  # None when neither object lies clearly beside or above the other
+            return scene, _fix_articles(caption)
+
+
 # ---------------------------------------------------------------- the order split
+
+
+def mirror_scene(scene: Scene, size: int, axis: str) -> Scene:
+    """The scene mirrored left-right (axis "h") or top-bottom ("v"): every object keeps its look, its place
+    is reflected, so the objects trade sides (the `order` split's pairs; imtext.train.fresh's twins)."""
+
+    def mirror(o: Obj) -> Obj:
+        if axis == "h":
+            return Obj(o.shape, o.color, o.size, round(size - o.cx, 2), o.cy, o.half, o.rgb)
+        return Obj(o.shape, o.color, o.size, o.cx, round(size - o.cy, 2), o.half, o.rgb)
+
+    return Scene([mirror(o) for o in scene.objects], scene.background)
 
 
 def sample_order_pair(rng: random.Random, size: int) -> tuple[Scene, Scene, list[str], list[str]]:
@@ -357,14 +390,8 @@ def sample_order_pair(rng: random.Random, size: int) -> tuple[Scene, Scene, list
         if d_main < 0:  # make x the left (or upper) one
             x, y = y, x
         break
-    bg = _background(rng)
-
-    def mirror(o: Obj) -> Obj:
-        if axis == "h":
-            return Obj(o.shape, o.color, o.size, round(size - o.cx, 2), o.cy, o.half, o.rgb)
-        return Obj(o.shape, o.color, o.size, o.cx, round(size - o.cy, 2), o.half, o.rgb)
-
-    a, b = Scene([x, y], bg), Scene([mirror(x), mirror(y)], bg)
+    a = Scene([x, y], _background(rng))
+    b = mirror_scene(a, size, axis)
     combos = [(f, r) for f in REL_FRAMES for r in ORDER_REL[axis]]
     caps_a, caps_b = [], []
     for frame, rel in rng.sample(combos, 5):

@@ -6,6 +6,7 @@ from imtext.image.backbones import (
     Backbone,
     build_backbone,
     image_transform,
+    normalization,
     train_flip_probability,
 )
 from imtext.image.features import compute_features, load_features
@@ -18,5 +19,6 @@ __all__ = [
     "compute_features",
     "image_transform",
     "load_features",
+    "normalization",
     "train_flip_probability",
 ]

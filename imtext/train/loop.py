@@ -31,6 +31,7 @@ from imtext.text import Vocab
 from imtext.text.swap import WordSwap
 from imtext.train.batches import FeatureLookup, PairDataset, SplitView, collate_pairs
 from imtext.train.distributed import batch_loss
+from imtext.train.fresh import FreshScenes, fresh_dataset
 
 TRAIN_STATE_FILE = "train_state.pt"
 BEST_METRIC = "rsum"
@@ -123,6 +124,19 @@ def loss_for_epoch(cfg: Config, epoch: int) -> RankingLoss:
 def make_loader(setup: Setup, rank: int, world_size: int, device: torch.device) -> DataLoader:
     cfg = setup.config
     transform = None if setup.features else setup.model.image_preprocess(train=True)
+    local_batch = max(2, cfg.train.batch_size // world_size)
+    if cfg.data.fresh_scenes:  # new scenes every step; the stored split sets how many per epoch
+        samples = max(1, len(setup.train.captions) // world_size)
+        dataset, collate = fresh_dataset(cfg, setup.model.featurizer, transform, samples, rank)
+        return DataLoader(
+            dataset,
+            batch_size=local_batch,
+            drop_last=samples >= local_batch,
+            collate_fn=collate,
+            num_workers=cfg.train.loader_workers,
+            pin_memory=device.type == "cuda",
+            # not persistent: each epoch's workers must get the dataset's new epoch (set_epoch)
+        )
     swap = WordSwap.from_spec(cfg.loss.swap_words) if cfg.loss.swap_negatives else None
     dataset = PairDataset(
         setup.train,
@@ -134,7 +148,6 @@ def make_loader(setup: Setup, rank: int, world_size: int, device: torch.device) 
         sentences=setup.sentences,
         hflip=train_flip_probability(cfg.image.backbone, cfg.train.flip),
     )
-    local_batch = max(2, cfg.train.batch_size // world_size)
     if world_size > 1:
         sampler = DistributedSampler(
             dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=cfg.train.seed
@@ -172,7 +185,7 @@ def train_epoch(
     start = time.perf_counter()
     for batch in loader:
         images = batch["images"].to(device, non_blocking=True)
-        if images.dim() == 4 and device.type == "cuda" and cfg.train.channels_last:
+        if images.dim() == 4 and cfg.train.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         ids, lengths = batch["ids"], batch["lengths"]
         n = len(ids)
@@ -255,6 +268,10 @@ class Run:
         self.setup = prepare(cfg)
         self.cfg = self.setup.config
         self.model = self.setup.model.to(self.device)
+        if self.cfg.train.channels_last and self.setup.features is None:
+            # cuDNN and oneDNN both run convolutions faster on channels-last weights and inputs (the demo's
+            # small CNN: 27% less time per step on 2 CPU cores); saved weights stay contiguous
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.loader = make_loader(self.setup, rank, world, self.device)
         if len(self.loader) == 0:
             raise ImtextError("the training split is smaller than one batch; lower train.batch_size")
@@ -274,6 +291,8 @@ class Run:
         for epoch in range(self.start_epoch, self.cfg.train.epochs):
             if isinstance(self.loader.sampler, DistributedSampler):
                 self.loader.sampler.set_epoch(epoch)
+            if isinstance(self.loader.dataset, FreshScenes):
+                self.loader.dataset.set_epoch(epoch)
             stats = train_epoch(
                 wrapped or self.model,
                 self.loader,

@@ -1,0 +1,166 @@
+"""Training on a synthetic world's scenes drawn afresh at every step (`data.fresh_scenes`), instead of its
+stored training split.
+
+No scene is seen twice, so what the model knows of shapes and relations is learned, not remembered. Trained
+on the 1,600 stored training scenes of the demo's world, the demo's model named the shape of 0.40 of the
+world's held-out one-object scenes and never read word order. Trained on fresh scenes (at first two-object
+scenes captioned with their relation, each caption that names a place beside its mirror) it reads both
+(docs/BENCHMARKS.md, "Fresh scenes").
+
+The stored world still gives the vocabulary, the number of samples an epoch holds (its training split's
+caption count), the validation split and the collection a page searches. Each (seed, rank, loader worker,
+epoch) draws its own stream, seeded apart from the world's own scenes, so a run is reproducible and a
+restored run draws what it would have drawn.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from imtext.data import synth
+from imtext.data.load import parse_spec
+from imtext.errors import ImtextError
+from imtext.image import normalization
+from imtext.text import TextFeaturizer
+from imtext.text.mirror import mirror_caption
+from imtext.train.batches import collate_pairs
+
+# A stream's image_index values start at rank * INDEX_STRIDE, so indices never collide across the ranks
+# whose batches one loss gathers (the loss treats equal indices as one image).
+INDEX_STRIDE = 1 << 40
+TWIN_AXES = {"sides": "h", "all": "hv", "off": ""}  # data.fresh_twins -> the axes a twin may mirror
+
+
+def world_meta(spec: str) -> dict:
+    """synth.json of the world behind `spec`; ImtextError if the spec is not a synthetic world."""
+    kind, path = parse_spec(spec)
+    meta_path = Path(path).expanduser() / "synth.json"
+    if kind != "synth" or not meta_path.is_file():
+        raise ImtextError(
+            f"data.fresh_scenes draws new scenes from a synthetic world's generator; {spec!r} is not one "
+            "(use data.spec=synth:DIR, made by `imtext data synth`, or set data.fresh_scenes=false)"
+        )
+    return json.loads(meta_path.read_text(encoding="utf-8"))
+
+
+class FreshScenes(IterableDataset):
+    """`samples` items per epoch and rank, in PairDataset's item format: (pixels, caption ids, image_index,
+    None, None).
+
+    `relations`: the share of two-object scenes captioned with their relation (synth.draw_captioned); the
+    rest are scenes and captions as the world draws them. The first `relation_epochs` epochs draw only
+    those: shapes and relations are what a model learns last from the world's mix, and learns first from
+    them (docs/BENCHMARKS.md, "Fresh scenes"). `twins` ("sides", "all" or "off"): a caption that names
+    a side (with "all", also an up-down place) is followed by its mirror: the scene drawn mirrored
+    left-right (or top-bottom) and the caption with those words swapped (imtext.text.mirror), each the
+    other's hardest negative in the batch. A twin counts as one of the `samples`."""
+
+    def __init__(
+        self,
+        featurizer: TextFeaturizer,
+        transform: Callable,
+        samples: int,
+        image_size: int,
+        seed: int,
+        rank: int = 0,
+        relations: float = 0.5,
+        twins: str = "sides",
+        relation_epochs: int = 0,
+    ):
+        if samples < 1:
+            raise ImtextError("data.fresh_scenes: an epoch needs at least one sample")
+        if not 0.0 <= relations <= 1.0:
+            raise ImtextError(f"data.fresh_relations must be within [0, 1], got {relations}")
+        self.featurizer, self.transform = featurizer, transform
+        self.samples, self.image_size = samples, image_size
+        if twins not in TWIN_AXES:
+            raise ImtextError(f"data.fresh_twins must be one of {', '.join(TWIN_AXES)}, got {twins!r}")
+        self.seed, self.rank, self.relations, self.twin_axes = seed, rank, relations, TWIN_AXES[twins]
+        self.relation_epochs = relation_epochs
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Each epoch draws other scenes (as DistributedSampler.set_epoch reshuffles)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.samples
+
+    def __iter__(self) -> Iterator[tuple]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        count = len(range(worker, self.samples, workers))  # loader workers share the epoch's samples
+        rng = random.Random(f"imtext-fresh/{self.seed}/{self.rank}/{worker}/{self.epoch}")
+        index = self.rank * INDEX_STRIDE + worker * (INDEX_STRIDE // workers)
+        share = 1.0 if self.epoch < self.relation_epochs else self.relations
+        made = 0
+        while made < count:
+            scene, caption = synth.draw_captioned(rng, self.image_size, rng.random() < share)
+            yield (
+                self.transform(synth.render(scene, self.image_size)),
+                self.featurizer(caption),
+                index,
+                None,
+                None,
+            )
+            made, index = made + 1, index + 1
+            axes = [axis for axis in self.twin_axes if mirror_caption(caption, axis)]
+            if axes and made < count:
+                axis = rng.choice(axes)
+                twin = synth.mirror_scene(scene, self.image_size, axis)
+                pixels = self.transform(synth.render(twin, self.image_size))
+                yield pixels, self.featurizer(mirror_caption(caption, axis)), index, None, None
+                made, index = made + 1, index + 1
+
+
+class RawPixels:
+    """PIL image -> (H, W, 3) uint8 tensor: the per-item half of smallcnn's transform when the world is drawn
+    at the CNN's own size. NormalizedBatch does the other half once per batch: per item, ToTensor and
+    Normalize cost five times as much, a quarter of a demo step."""
+
+    def __call__(self, image) -> torch.Tensor:
+        return torch.from_numpy(np.array(image.convert("RGB"), dtype=np.uint8))
+
+
+class NormalizedBatch:
+    """collate_pairs, then (B, H, W, 3) uint8 pixels -> (B, 3, H, W) floats normalised as the backbone
+    expects: the same arithmetic as torchvision's ToTensor + Normalize, so the same numbers, in channels-last
+    layout."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]):
+        self.mean = torch.tensor(mean).view(1, -1, 1, 1)
+        self.std = torch.tensor(std).view(1, -1, 1, 1)
+
+    def __call__(self, items) -> dict[str, torch.Tensor]:
+        batch = collate_pairs(items)
+        pixels = batch["images"].permute(0, 3, 1, 2).float().div_(255)
+        batch["images"] = pixels.sub_(self.mean).div_(self.std)
+        return batch
+
+
+def fresh_dataset(
+    cfg, featurizer: TextFeaturizer, transform: Callable, samples: int, rank: int
+) -> tuple[FreshScenes, Callable]:
+    """The training stream `cfg` asks for (data.fresh_scenes), `samples` items per epoch on this rank, and
+    the collate function for its batches."""
+    size = int(world_meta(cfg.data.spec)["image_size"])
+    raw = cfg.image.backbone == "smallcnn" and cfg.image.size() == size
+    dataset = FreshScenes(
+        featurizer,
+        RawPixels() if raw else transform,
+        samples,
+        size,
+        seed=cfg.train.seed,
+        rank=rank,
+        relations=cfg.data.fresh_relations,
+        twins=cfg.data.fresh_twins,
+        relation_epochs=cfg.data.fresh_relation_epochs,
+    )
+    return dataset, NormalizedBatch(*normalization(cfg.image.backbone)) if raw else collate_pairs

@@ -1,0 +1,169 @@
+"""Training on fresh synthetic scenes (data.fresh_scenes, imtext.train.fresh): every drawn caption is true of
+its scene, the stream is reproducible per (seed, rank, epoch) and differs across them, twins are exact
+mirrors, and the training loop runs on it with an epoch as long as the stored split's."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from imtext.config import Config
+from imtext.data.synth import draw_captioned, mirror_scene, parse_query, render
+from imtext.errors import ImtextError
+from imtext.text.mirror import mirror_caption
+from imtext.train.fresh import INDEX_STRIDE, FreshScenes
+from tests.conftest import tiny_config
+
+
+@pytest.mark.parametrize("relation", [False, True])
+def test_drawn_captions_are_true_of_their_scenes(relation):
+    rng = random.Random(7)
+    kinds = set()
+    for _ in range(300):
+        scene, caption = draw_captioned(rng, 64, relation=relation)
+        query = parse_query(caption)
+        assert query.matches(scene, 64, sizes=True), (caption, scene)
+        kinds.add(query.relation is not None)
+        if relation:
+            assert len(scene.objects) == 2 and query.relation is not None, caption
+    assert kinds == ({True} if relation else {True, False})
+
+
+class _Words:
+    """A featurizer stand-in that keeps the caption, so the test can read what was drawn."""
+
+    def __call__(self, caption: str) -> str:
+        return caption
+
+
+def _stream(**kw) -> FreshScenes:
+    from torchvision.transforms import functional as F
+
+    args = {"samples": 200, "image_size": 64, "seed": 0, "relations": 1.0, "twins": "all"} | kw
+    return FreshScenes(_Words(), F.to_tensor, **args)
+
+
+def _items(ds: FreshScenes) -> list[tuple]:
+    return list(iter(ds))
+
+
+def test_stream_is_reproducible_and_new_per_epoch_and_rank():
+    first, again = _items(_stream()), _items(_stream())
+    assert len(first) == 200
+    assert [c for _, c, *_ in first] == [c for _, c, *_ in again]
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(first, again))
+    later = _stream()
+    later.set_epoch(1)
+    other_rank = _stream(rank=1)
+    for ds in (later, other_rank):
+        assert [c for _, c, *_ in _items(ds)] != [c for _, c, *_ in first]
+    indices = [i for _, _, i, *_ in first] + [i for _, _, i, *_ in _items(other_rank)]
+    assert len(set(indices)) == 400  # one loss may gather both ranks: an index names one image
+    assert min(i for _, _, i, *_ in _items(other_rank)) >= INDEX_STRIDE
+
+
+@pytest.mark.parametrize("relation", [False, True])
+@pytest.mark.parametrize("axis", ["h", "v"])
+def test_mirrored_scenes_make_mirrored_captions_true(relation, axis):
+    rng = random.Random(3)
+    checked = 0
+    for _ in range(300):
+        scene, caption = draw_captioned(rng, 64, relation=relation)
+        mirrored = mirror_caption(caption, axis)
+        if mirrored is None:
+            continue
+        twin = mirror_scene(scene, 64, axis)
+        assert parse_query(mirrored).matches(twin, 64, sizes=True), (mirrored, twin)
+        assert not parse_query(caption).matches(twin, 64), (caption, twin)  # the original is now false
+        checked += 1
+    assert checked >= 40
+
+
+def _twin_axis(a: tuple, b: tuple) -> str | None:
+    """The axis along which item b is item a's twin (its caption mirrored), or None."""
+    return next((axis for axis in "hv" if b[1] == mirror_caption(a[1], axis)), None)
+
+
+def test_twins_follow_their_captions_only_when_asked():
+    items = _items(_stream())
+    pairs = [(a, b, _twin_axis(a, b)) for a, b in zip(items, items[1:])]
+    twins = [(a, b, axis) for a, b, axis in pairs if axis]
+    assert {axis for *_, axis in twins} == {"h", "v"}
+    # every relation caption names a side or an up-down place: about half of the items are twins
+    assert 70 <= len(twins) <= 100, len(twins)
+    for a, b, axis in twins:
+        if axis == "h":  # every shape is symmetric left-right: the twin's pixels are the flipped image's
+            assert (b[0] - a[0].flip(-1)).abs().mean() < 0.02
+    sides = _items(_stream(twins="sides"))
+    assert {_twin_axis(a, b) for a, b in zip(sides, sides[1:])} == {"h", None}
+    plain = _items(_stream(twins="off"))
+    assert not any(_twin_axis(a, b) for a, b in zip(plain, plain[1:]))
+
+
+def test_config_refuses_what_fresh_scenes_cannot_serve():
+    ok = Config().override(
+        {"data.spec": "synth:/w", "data.fresh_scenes": True, "text.sentence_encoder": "none"}
+    )
+    assert ok.validate().data.fresh_twins == "sides"
+    bad = {
+        "coco:/c": "is not one",
+        "features": "data.features",
+        "minilm": "text.sentence_encoder",
+        "relations": "within [0, 1]",
+    }
+    for case, words in bad.items():
+        o = {"data.spec": "synth:/w", "data.fresh_scenes": True, "text.sentence_encoder": "none"}
+        if case == "coco:/c":
+            o["data.spec"] = case
+        elif case == "features":
+            o["data.features"] = "f.parquet"
+        elif case == "minilm":
+            o["text.sentence_encoder"] = "minilm"
+        else:
+            o["data.fresh_relations"] = 1.5
+        with pytest.raises(ImtextError, match=words.replace("[", r"\[").replace("]", r"\]")):
+            Config().override(o).validate()
+
+
+def test_training_loop_runs_on_fresh_scenes_with_the_stored_splits_epoch(synth_world, tmp_path):
+    from imtext.data import load_pairs
+    from imtext.model import TwoBranch
+    from imtext.train.loop import train_local
+
+    cfg = tiny_config(synth_world, tmp_path / "m", **{"data.fresh_scenes": True, "train.epochs": 2})
+    _, history = train_local(cfg)
+    captions = load_pairs(f"synth:{synth_world}", splits=["train"]).num_rows
+    assert [m["steps"] for m in history] == [captions // cfg.train.batch_size] * 2
+    assert history[-1]["loss"] < history[0]["loss"]
+    assert TwoBranch.load(tmp_path / "m").source_config.data.fresh_scenes
+
+
+def test_a_world_must_exist_behind_the_spec(tmp_path):
+    from imtext.train.fresh import world_meta
+
+    with pytest.raises(ImtextError, match="not one"):
+        world_meta(f"synth:{tmp_path}")
+
+
+def test_first_epochs_draw_relations_alone_then_the_worlds_mix():
+    stream = _stream(relations=0.0, relation_epochs=1, twins="off")
+    first = {parse_query(c).relation is not None for _, c, *_ in _items(stream)}
+    stream.set_epoch(1)
+    later = {parse_query(c).relation is not None for _, c, *_ in _items(stream)}
+    assert first == {True} and later == {True, False}
+
+
+def test_the_batched_fast_path_gives_the_transforms_exact_pixels():
+    """smallcnn on a world drawn at its size: raw pixels per item, normalised once per batch, equal to
+    torchvision's ToTensor + Normalize item by item (imtext.image.image_transform)."""
+    from imtext.image import image_transform, normalization
+    from imtext.train.fresh import NormalizedBatch, RawPixels
+
+    rng = random.Random(1)
+    images = [render(draw_captioned(rng, 64)[0], 64) for _ in range(16)]
+    reference = torch.stack([image_transform("smallcnn", 64, train=True)(im) for im in images])
+    items = [(RawPixels()(im), [1], k, None, None) for k, im in enumerate(images)]
+    batch = NormalizedBatch(*normalization("smallcnn"))(items)
+    assert torch.equal(batch["images"], reference)
