@@ -123,7 +123,7 @@ class FreshScenes(IterableDataset):
 class RawPixels:
     """PIL image -> (H, W, 3) uint8 tensor: the per-item half of smallcnn's transform when the world is drawn
     at the CNN's own size. NormalizedBatch does the other half once per batch: per item, ToTensor and
-    Normalize cost five times as much, a quarter of a demo step."""
+    Normalize cost five times as much (0.19 ms an image, half of drawing it, an eighth of a demo step)."""
 
     def __call__(self, image) -> torch.Tensor:
         return torch.from_numpy(np.array(image.convert("RGB"), dtype=np.uint8))
