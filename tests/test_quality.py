@@ -7,7 +7,8 @@ reads word order, and gets most of the top 5 right for most of the examples its 
 The demo trains on fresh scenes (data.fresh_scenes, imtext.train.fresh): 12 epochs of newly drawn scenes,
 the first 6 of them two-object scenes captioned with their relation. Measured in docs/BENCHMARKS.md ("Fresh
 scenes", in-process, 1 thread, seeds 0 / 1): test rsum 442 / 423 (#16's bar: 280); the `order` split's
-mirrored pairs told apart 0.72 / 0.74; the examples 21 / 24 of 30 on target, most for 5 of 6.
+mirrored pairs told apart 0.72 / 0.74; the examples 21 / 24 of 30 on target, most for 5 of 6. Here (seed 0,
+2 threads) and in the demo: 435.5, 0.721, 19 of 30, most for 4 of 6 (the places on the frame miss).
 
 Word order: on the `order` split a caption's mirror twin holds the same words, so any bag of words tells the
 pair apart exactly half the time (tests/test_synth.py shows it without training one). The model trained on
