@@ -57,6 +57,7 @@ PLURALS = {"circle": "circles", "square": "squares", "triangle": "triangles", "c
 SIZES = ("small", "large")
 SIZE_WORDS = {"small": ("small", "little"), "large": ("large", "big")}
 NUMBERS = {1: "one", 2: "two", 3: "three"}
+KEYS = [(c, sh) for c in COLORS for sh in SHAPES]  # every (colour, shape) an object can have
 
 # Geometry in pixels of a 64 px image; scaled by image_size / 64.
 HALF = {"small": (5.0, 7.0), "large": (10.0, 12.5)}  # half the object's width
@@ -156,10 +157,9 @@ def _place(rng: random.Random, size: int, specs: list[tuple[str, str, str]]) -> 
 
 def sample_scene(rng: random.Random, size: int) -> Scene:
     """A random scene: 1-3 entities with distinct (colour, shape); groups share colour, shape and size."""
-    keys = [(c, sh) for c in COLORS for sh in SHAPES]
     while True:
         counts = rng.choices(list(SCENE_KINDS), weights=list(SCENE_KINDS.values()))[0]
-        chosen = rng.sample(keys, len(counts))
+        chosen = rng.sample(KEYS, len(counts))
         specs = []
         for (color, shape), k in zip(chosen, counts):
             sz = rng.choice(SIZES)
@@ -345,9 +345,8 @@ def draw_captioned(rng: random.Random, size: int, relation: bool = False) -> tup
     if not relation:
         scene = sample_scene(rng, size)
         return scene, rng.choice(_Captioner(rng, scene, size).captions(5))
-    keys = [(c, sh) for c in COLORS for sh in SHAPES]
     while True:
-        specs = [(c, sh, rng.choice(SIZES)) for c, sh in rng.sample(keys, 2)]
+        specs = [(c, sh, rng.choice(SIZES)) for c, sh in rng.sample(KEYS, 2)]
         objects = _place(rng, size, specs)
         if objects is None:
             continue
@@ -376,10 +375,9 @@ def sample_order_pair(rng: random.Random, size: int) -> tuple[Scene, Scene, list
     """Two scenes with the same two objects in mirrored layouts, and 5 captions each whose k-th captions
     hold the same words in a different order (see the module docstring)."""
     axis = rng.choice("hv")
-    keys = [(c, sh) for c in COLORS for sh in SHAPES]
     m = REL_MARGIN * size / 64
     while True:
-        (c1, s1), (c2, s2) = rng.sample(keys, 2)
+        (c1, s1), (c2, s2) = rng.sample(KEYS, 2)
         objs = _place(rng, size, [(c1, s1, rng.choice(SIZES)), (c2, s2, rng.choice(SIZES))])
         if objs is None:
             continue
@@ -582,7 +580,7 @@ def order_pair_accuracy(image_ids: list[str], caption_image, img, txt) -> float:
 
 # Every (colour, shape), and its sentence "a COLOUR SHAPE": what `one_object_accuracy` ranks for each
 # one-object scene.
-ONE_OBJECT_KINDS: tuple[tuple[str, str], ...] = tuple((c, sh) for c in COLORS for sh in SHAPES)
+ONE_OBJECT_KINDS: tuple[tuple[str, str], ...] = tuple(KEYS)
 ONE_OBJECT_SENTENCES: tuple[str, ...] = tuple(f"a {c} {sh}" for c, sh in ONE_OBJECT_KINDS)
 
 
