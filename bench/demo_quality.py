@@ -109,10 +109,45 @@ def shape_accuracy(model: TwoBranch, spec: str, scenes: SceneIndex) -> dict[str,
     return {"shape": every["shape"], "held_out": held["shape"], "small_held_out": held["small"]}
 
 
+def frame_place_accuracy(model: TwoBranch, spec: str, scenes: SceneIndex) -> dict[str, float]:
+    """Does the model know where in the frame an object lies? For each one-object scene whose object sits
+    in a side third (left/right) or in the top/bottom third, "a COLOUR SHAPE on the left" against "... on
+    the right" (and "near the top" against "near the bottom"): how often the true place scores higher.
+    0.5 is a model that ignores the place words; they are what "near the bottom there is a small green
+    cross" asks for."""
+    import json
+
+    from imtext.data import load_image, load_pairs
+
+    world = Path(spec.partition(":")[2])
+    size = json.loads((world / "synth.json").read_text(encoding="utf-8"))["image_size"]
+    pairs = load_pairs(spec)
+    paths = dict(zip(pairs["image_id"].to_pylist(), pairs["image_path"].to_pylist()))
+    single = [(i, s.objects[0]) for i, s in scenes.scenes.items() if len(s.objects) == 1]
+    vectors = model.embed_images([load_image(paths[i]) for i, _ in single])
+    out = {}
+    for axis, (low, high), frame in (
+        ("left-right", ("left", "right"), "on the {}"),
+        ("up-down", ("top", "bottom"), "near the {}"),
+    ):
+        right = total = 0
+        for (_, o), v in zip(single, vectors):
+            f = (o.cx if axis == "left-right" else o.cy) / size
+            if 0.35 < f < 0.65:
+                continue
+            true, false = (low, high) if f <= 0.35 else (high, low)
+            t = model.embed_texts([f"a {o.color} {o.shape} {frame.format(w)}" for w in (true, false)])
+            right += float(v @ t[0]) > float(v @ t[1])
+            total += 1
+        out[axis] = right / total
+    return out
+
+
 def evaluate_model(model: TwoBranch, spec: str) -> dict[str, float]:
-    """Test and order rsum, and the order pairs' accuracy (0.5: word order not read; see order_pair_accuracy)."""
+    """Test and order rsum, and the order pairs' accuracy (0.5: word order not read; see order_pair_accuracy),
+    also for the left-right and the up-down pairs apart."""
     from imtext.data import load_pairs
-    from imtext.data.synth import order_pair_accuracy
+    from imtext.data.synth import order_pair_accuracy, order_pair_accuracy_by_axis
     from imtext.evaluate import embed_split
     from imtext.metrics import retrieval
     from imtext.train.batches import SplitView
@@ -124,6 +159,8 @@ def evaluate_model(model: TwoBranch, spec: str) -> dict[str, float]:
         img, txt = embed_split(model, view)
         out[split] = retrieval(img, txt, view.caption_image)["rsum"]
     out["pairs"] = order_pair_accuracy(view.image_ids, view.caption_image, img, txt)
+    axes = order_pair_accuracy_by_axis(view.image_ids, view.caption_image, img, txt, view.captions)
+    out["pairs_h"], out["pairs_v"] = axes["left-right"], axes["up-down"]
     return out
 
 
@@ -167,14 +204,18 @@ def run_demo(args: argparse.Namespace) -> None:
     scenes = SceneIndex.load(world)
     assert among_n == len(scenes.scenes), (among_n, len(scenes.scenes))  # the demo indexes every split
     rows = score_examples(scenes, ranked, list(scenes.scenes))
-    rsum = evaluate_model(TwoBranch.load(args.workdir / "model"), f"synth:{world}")
+    model = TwoBranch.load(args.workdir / "model")
+    rsum = evaluate_model(model, f"synth:{world}")
+    places = frame_place_accuracy(model, f"synth:{world}", scenes)
     stages = [line.rstrip() for line in lines if re.match(r"\s*(data|train|eval|index)\s+\S+ s ", line)]
     print("\nstages:", *stages, sep="\n  ")
     to_ready = next(i for i, line in enumerate(lines) if "ready after" in line) + 1
     print(
         f"\nready after {ready.group(1)} s ({to_ready} lines of output to there); "
         f"test rsum {rsum['test']:.1f}, order rsum {rsum['order']:.1f}, "
-        f"order pair accuracy {rsum['pairs']:.3f}; "
+        f"order pair accuracy {rsum['pairs']:.3f} (left-right {rsum['pairs_h']:.3f}, "
+        f"up-down {rsum['pairs_v']:.3f}); places in the frame: left-right {places['left-right']:.3f}, "
+        f"up-down {places['up-down']:.3f}; "
         f"load average before {load_before[0]:.2f}, at ready {load_at_ready[0]:.2f} (1 min)"
     )
     print_examples(rows, f"the page's examples, top {K} images from the demo's API ({api})")
@@ -188,22 +229,20 @@ def run_seeds(args: argparse.Namespace) -> None:
 
     from imtext.cli.demo import plan
     from imtext.collection import Collection, build_collection
-    from imtext.data.synth import generate
     from imtext.model import TwoBranch
     from imtext.train.loop import train_local
 
     torch.set_num_threads(args.threads)
     demo = plan(argparse.Namespace(workdir=str(args.workdir), data=None, tiny=False))
+    demo.config = demo.config.override(args.set)  # the world is drawn at the size these settings read
     world = Path(demo.data_spec.partition(":")[2])
     if not (world / "synth.json").is_file():
-        generate(world, n_images=demo.images, seed=0, order_pairs=demo.order_pairs)
+        demo.draw_world()
     scenes = SceneIndex.load(world)
     summary = []
     for seed in args.seeds:
         out = args.workdir / f"model-seed{seed}"
-        cfg = demo.config.override(args.set).override(
-            {"train.seed": seed, "train.out": str(out), "train.workers": 0}
-        )
+        cfg = demo.config.override({"train.seed": seed, "train.out": str(out), "train.workers": 0})
         t0 = time.perf_counter()
         _, history = train_local(cfg)
         seconds = time.perf_counter() - t0
@@ -221,18 +260,22 @@ def run_seeds(args: argparse.Namespace) -> None:
         most = sum(p.most for p, _ in rows[:-1])
         hits = sum(p.hits for p, _ in rows[:-1])
         shapes = shape_accuracy(model, demo.data_spec, scenes)
-        summary.append((seed, rsum, seconds, hits, most, len(rows) - 1, shapes, history))
+        places = frame_place_accuracy(model, demo.data_spec, scenes)
+        summary.append((seed, rsum, seconds, hits, most, len(rows) - 1, shapes, places, history))
     print(
-        "\n| seed | test rsum | order rsum | order pairs | val rsum per epoch | train s (this process) | "
-        "examples: matches (most) | shape (all) | shape (held-out) | small (held-out) |"
+        "\n| seed | test rsum | order rsum | order pairs (left-right / up-down) | val rsum per epoch "
+        "| train s (this process) | examples: matches (most) | shape (all) | shape (held-out) "
+        "| small (held-out) | places in the frame (left-right / up-down) |"
     )
-    print("| ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
-    for seed, rsum, seconds, hits, most, n, shapes, history in summary:
+    print("| ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |")
+    for seed, rsum, seconds, hits, most, n, shapes, places, history in summary:
         curve = " / ".join(f"{m['rsum']:.0f}" for m in history)
         print(
-            f"| {seed} | {rsum['test']:.1f} | {rsum['order']:.1f} | {rsum['pairs']:.3f} | {curve} | "
+            f"| {seed} | {rsum['test']:.1f} | {rsum['order']:.1f} | "
+            f"{rsum['pairs']:.3f} ({rsum['pairs_h']:.2f} / {rsum['pairs_v']:.2f}) | {curve} | "
             f"{seconds:.0f} | {hits}/{K * n} ({most} of {n}) | {shapes['shape']:.2f} | "
-            f"{shapes['held_out']:.2f} | {shapes['small_held_out']:.2f} |"
+            f"{shapes['held_out']:.2f} | {shapes['small_held_out']:.2f} | "
+            f"{places['left-right']:.2f} / {places['up-down']:.2f} |"
         )
 
 

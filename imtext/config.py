@@ -29,12 +29,26 @@ Backbone = Literal[
 Negatives = Literal["all", "hardest", "semi-hard", "top-k", "infonce"]
 LrSchedule = Literal["cosine", "constant"]
 Flip = Literal["auto", "mirror", "off"]  # train.flip
-FreshTwins = Literal["sides", "all", "off"]  # data.fresh_twins: mirrored left-right; also top-bottom; none
+# data.fresh_twins: mirrored left-right; also top-bottom for the captions drawn to teach places; both for every
+# caption; none
+FreshTwins = Literal["sides", "places", "all", "off"]
 SelectionMetric = Literal["rsum", "i2t_rsum", "t2i_rsum"]  # validation metrics a run or a search selects by
 # Choices of commands rather than of the config, kept here so that each is declared once.
 EvalProtocol = Literal["all", "coco1k", "coco5k"]  # imtext eval: every image of the split, COCO 1K or 5K
 TuneScheduler = Literal["asha", "none"]
 TuneSearch = Literal["random", "optuna"]
+
+
+def check_shares(relations: float, positions: float) -> None:
+    """data.fresh_relations and data.fresh_positions are shares of one epoch's draws."""
+    for name, share in (("relations", relations), ("positions", positions)):
+        if not 0.0 <= share <= 1.0:
+            raise ImtextError(f"data.fresh_{name} must be within [0, 1], got {share}")
+    if relations + positions > 1.0:
+        raise ImtextError(
+            f"data.fresh_relations + data.fresh_positions must be at most 1 (shares of one epoch's draws), "
+            f"got {relations} + {positions}"
+        )
 
 
 @dataclass
@@ -54,10 +68,13 @@ class DataConfig:
     fresh_scenes: bool = False
     fresh_relations: float = 0.5  # the share of two-object scenes captioned with their relation ...
     fresh_relation_epochs: int = 0  # ... after this many first epochs of those alone
+    fresh_positions: float = 0.0  # the share of scenes captioned with one object's place in the frame
     # sides: a caption naming a side brings its mirror into the batch (the scene drawn mirrored left-right,
-    # the sides swapped); all: also up-down places, mirrored top-bottom (word order improves, the demo's
-    # examples did not: docs/BENCHMARKS.md, "Fresh scenes")
+    # the sides swapped); places: also top-bottom for the relation epochs and the position captions (the
+    # only way a model learned "above" and "below": docs/BENCHMARKS.md, "Up and down"); all: both axes for
+    # every caption (fewer distinct scenes per batch: shapes suffer); off: none
     fresh_twins: FreshTwins = "sides"
+    fresh_updown_from: int = 0  # no top-bottom twin before this epoch (first shapes, then up and down)
 
 
 @dataclass
@@ -253,10 +270,9 @@ class Config:
                 f"data.fresh_scenes cannot go with {', '.join(k for k, v in clash.items() if v)}: fresh "
                 "scenes are drawn as pixels with their captions at every step (their twins are the mirrors)"
             )
-        if not 0.0 <= self.data.fresh_relations <= 1.0:
-            raise ImtextError(f"data.fresh_relations must be within [0, 1], got {self.data.fresh_relations}")
-        if self.data.fresh_relation_epochs < 0:
-            raise ImtextError("data.fresh_relation_epochs must be >= 0")
+        check_shares(self.data.fresh_relations, self.data.fresh_positions)
+        if self.data.fresh_relation_epochs < 0 or self.data.fresh_updown_from < 0:
+            raise ImtextError("data.fresh_relation_epochs and data.fresh_updown_from must be >= 0")
 
     def validate(self) -> Config:
         """Check the values a type cannot express; a fixed-choice key is checked wherever it was set

@@ -134,12 +134,11 @@ def demo_model(tmp_path_factory) -> DemoModel:
     import time
 
     from imtext.cli.demo import plan
-    from imtext.data.synth import generate
     from imtext.train.loop import train_local
 
     root = tmp_path_factory.mktemp("demo")
     demo = plan(argparse.Namespace(workdir=str(root), data=None, tiny=False))
-    world = generate(root / "synth", n_images=demo.images, seed=0, order_pairs=demo.order_pairs)
+    world = demo.draw_world(root / "synth")
     cfg = demo.config.override({"data.spec": f"synth:{world}", "train.workers": 0})
     threads = torch.get_num_threads()
     torch.set_num_threads(2)

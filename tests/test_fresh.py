@@ -10,25 +10,36 @@ import pytest
 import torch
 
 from imtext.config import Config
-from imtext.data.synth import draw_captioned, mirror_scene, parse_query, render
+from imtext.data.synth import DRAW_KINDS, draw_captioned, mirror_scene, parse_query, render
 from imtext.errors import ImtextError
 from imtext.text.mirror import mirror_caption
 from imtext.train.fresh import INDEX_STRIDE, FreshScenes
 from tests.conftest import tiny_config
 
 
-@pytest.mark.parametrize("relation", [False, True])
-def test_drawn_captions_are_true_of_their_scenes(relation):
+def _kind(caption: str) -> str:
+    """What a drawn caption teaches: a relation, a place in the frame, or neither."""
+    query = parse_query(caption)
+    placed = any(m.position for m in query.mentions)
+    return "relation" if query.relation else "position" if placed else "other"
+
+
+@pytest.mark.parametrize("kind", DRAW_KINDS)
+def test_drawn_captions_are_true_of_their_scenes(kind):
     rng = random.Random(7)
     kinds = set()
     for _ in range(300):
-        scene, caption = draw_captioned(rng, 64, relation=relation)
-        query = parse_query(caption)
-        assert query.matches(scene, 64, sizes=True), (caption, scene)
-        kinds.add(query.relation is not None)
-        if relation:
-            assert len(scene.objects) == 2 and query.relation is not None, caption
-    assert kinds == ({True} if relation else {True, False})
+        scene, caption = draw_captioned(rng, 64, kind)
+        assert parse_query(caption).matches(scene, 64, sizes=True), (caption, scene)
+        kinds.add(_kind(caption))
+        if kind == "relation":
+            assert len(scene.objects) == 2, caption
+    assert kinds == ({"relation", "position", "other"} if kind == "world" else {kind})
+
+
+def test_draw_kinds_are_checked():
+    with pytest.raises(ValueError, match="kind must be one of"):
+        draw_captioned(random.Random(0), 64, "count")
 
 
 class _Words:
@@ -64,13 +75,13 @@ def test_stream_is_reproducible_and_new_per_epoch_and_rank():
     assert min(i for _, _, i, *_ in _items(other_rank)) >= INDEX_STRIDE
 
 
-@pytest.mark.parametrize("relation", [False, True])
+@pytest.mark.parametrize("kind", DRAW_KINDS)
 @pytest.mark.parametrize("axis", ["h", "v"])
-def test_mirrored_scenes_make_mirrored_captions_true(relation, axis):
+def test_mirrored_scenes_make_mirrored_captions_true(kind, axis):
     rng = random.Random(3)
     checked = 0
     for _ in range(300):
-        scene, caption = draw_captioned(rng, 64, relation=relation)
+        scene, caption = draw_captioned(rng, 64, kind)
         mirrored = mirror_caption(caption, axis)
         if mirrored is None:
             continue
@@ -96,8 +107,9 @@ def test_twins_follow_their_captions_only_when_asked():
     for a, b, axis in twins:
         if axis == "h":  # every shape is symmetric left-right: the twin's pixels are the flipped image's
             assert (b[0] - a[0].flip(-1)).abs().mean() < 0.02
-    sides = _items(_stream(twins="sides"))
-    assert {_twin_axis(a, b) for a, b in zip(sides, sides[1:])} == {"h", None}
+    for twins in ("sides", "places"):  # places: up-down twins only in the relation epochs (none here)
+        sides = _items(_stream(twins=twins))
+        assert {_twin_axis(a, b) for a, b in zip(sides, sides[1:])} == {"h", None}, twins
     plain = _items(_stream(twins="off"))
     assert not any(_twin_axis(a, b) for a, b in zip(plain, plain[1:]))
 
@@ -116,6 +128,8 @@ def test_config_takes_fresh_scenes_on_a_synthetic_world():
         ({"data.features": "f.parquet"}, "data.features"),
         ({"text.sentence_encoder": "minilm"}, "text.sentence_encoder"),
         ({"data.fresh_relations": 1.5}, r"within \[0, 1\]"),
+        ({"data.fresh_positions": -0.1}, r"within \[0, 1\]"),
+        ({"data.fresh_updown_from": -1}, ">= 0"),
     ],
 )
 def test_config_refuses_what_fresh_scenes_cannot_serve(change, words):
@@ -143,6 +157,35 @@ def test_a_world_must_exist_behind_the_spec(tmp_path):
         world_meta(f"synth:{tmp_path}")
 
 
+def test_places_twins_mirror_up_down_in_the_relation_epochs_and_for_position_captions():
+    stream = _stream(relations=0.3, positions=0.4, relation_epochs=1, twins="places", samples=400)
+    first = _items(stream)
+    assert {_twin_axis(a, b) for a, b in zip(first, first[1:])} >= {"h", "v"}
+    stream.set_epoch(1)
+    later = _items(stream)
+    kinds = [_kind(c) for _, c, *_ in later]
+    assert 0.25 < kinds.count("position") / len(kinds) < 0.6  # 0.4 of the draws, their twins and the mix's
+    up_down = [a for a, b in zip(later, later[1:]) if _twin_axis(a, b) == "v"]
+    assert up_down and all(_kind(a[1]) == "position" for a in up_down)
+
+
+def test_no_up_down_twin_before_its_epoch():
+    stream = _stream(relation_epochs=3, twins="places", updown_from=1)
+    axes = []
+    for epoch in (0, 1):
+        stream.set_epoch(epoch)
+        items = _items(stream)
+        axes.append({_twin_axis(a, b) for a, b in zip(items, items[1:])})
+    assert axes == [{"h", None}, {"h", "v", None}]
+
+
+def test_relation_and_position_shares_must_fit_one_epoch():
+    with pytest.raises(ImtextError, match="at most 1"):
+        _stream(relations=0.7, positions=0.4)
+    with pytest.raises(ImtextError, match="at most 1"):
+        Config().override({**FRESH, "data.fresh_relations": 0.7, "data.fresh_positions": 0.4}).validate()
+
+
 def test_first_epochs_draw_relations_alone_then_the_worlds_mix():
     stream = _stream(relations=0.0, relation_epochs=1, twins="off")
     first = {parse_query(c).relation is not None for _, c, *_ in _items(stream)}
@@ -151,15 +194,17 @@ def test_first_epochs_draw_relations_alone_then_the_worlds_mix():
     assert first == {True} and later == {True, False}
 
 
-def test_the_batched_fast_path_gives_the_transforms_exact_pixels():
-    """smallcnn on a world drawn at its size: raw pixels per item, normalised once per batch, equal to
-    torchvision's ToTensor + Normalize item by item (imtext.image.image_transform)."""
+@pytest.mark.parametrize("size", [64, 48])
+def test_the_batched_fast_path_gives_the_transforms_exact_pixels(size):
+    """smallcnn's fresh scenes: raw pixels per item (resized when the CNN's size is not the world's),
+    normalised once per batch, equal to the collection's transform item by item
+    (imtext.image.image_transform: Resize, ToTensor, Normalize)."""
     from imtext.image import image_transform, normalization
     from imtext.train.fresh import NormalizedBatch, RawPixels
 
     rng = random.Random(1)
     images = [render(draw_captioned(rng, 64)[0], 64) for _ in range(16)]
-    reference = torch.stack([image_transform("smallcnn", 64, train=True)(im) for im in images])
-    items = [(RawPixels()(im), [1], k, None, None) for k, im in enumerate(images)]
+    reference = torch.stack([image_transform("smallcnn", size, train=True)(im) for im in images])
+    items = [(RawPixels(size)(im), [1], k, None, None) for k, im in enumerate(images)]
     batch = NormalizedBatch(*normalization("smallcnn"))(items)
     assert torch.equal(batch["images"], reference)

@@ -21,6 +21,7 @@ from imtext.data.synth import (
     generate,
     one_object_accuracy,
     order_pair_accuracy,
+    order_pair_accuracy_by_axis,
     read_scenes,
 )
 from imtext.errors import DataError
@@ -151,6 +152,29 @@ def test_order_pair_accuracy_is_one_half_for_any_bag_of_words_and_one_for_an_ora
     assert order_pair_accuracy(view.image_ids, view.caption_image, swapped_img, oracle_txt) == 0.0
     with pytest.raises(DataError, match="no order pairs"):
         order_pair_accuracy(["img_00001"], np.zeros(1, int), oracle_img[:1, :1], oracle_img[:1, :1])
+
+
+def test_order_pair_accuracy_by_axis_keeps_the_two_axes_apart(world, table):
+    """Embeddings right about every left-right pair and swapped for every up-down one: 1.0 and 0.0 by axis,
+    0.5 together, which alone would read as a bag of words."""
+    from imtext.train.batches import SplitView
+
+    view = SplitView.from_table(table, "order")
+    row = {iid: n for n, iid in enumerate(view.image_ids)}
+    up_down = {
+        int(n)
+        for c, n in enumerate(view.caption_image)
+        if " above " in view.captions[c] or " over " in view.captions[c]
+    }
+    assert 0 < len(up_down) < len(view.image_ids)  # the world holds pairs of both axes
+    img = np.eye(len(view.image_ids), dtype=np.float32)
+    txt = img[view.caption_image]
+    twin = [row[i[:-1] + ("b" if i.endswith("a") else "a")] for i in view.image_ids]
+    img = img[[twin[n] if n in up_down else n for n in range(len(view.image_ids))]]
+    args = (view.image_ids, view.caption_image, img, txt)
+    assert order_pair_accuracy_by_axis(*args, view.captions) == {"left-right": 1.0, "up-down": 0.0}
+    expected = sum(n not in up_down for n in view.caption_image) / len(view.caption_image)
+    assert order_pair_accuracy(*args) == pytest.approx(expected)
 
 
 def _colours_in(pixels: np.ndarray) -> set[str]:

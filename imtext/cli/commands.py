@@ -107,7 +107,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from imtext.data import load_pairs
-    from imtext.data.synth import order_pair_accuracy
+    from imtext.data.synth import order_pair_accuracy, order_pair_accuracy_by_axis
     from imtext.errors import DataError, ImtextError
     from imtext.evaluate import embed_split
     from imtext.metrics import PROTOCOLS, bootstrap_interval
@@ -137,11 +137,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     except DataError:
         pass
     else:
+        by_axis = order_pair_accuracy_by_axis(view.image_ids, view.caption_image, img, txt, view.captions)
+        axes = ", ".join(f"{axis} {acc:.3f}" for axis, acc in by_axis.items())
         print(
-            f"mirrored pairs told apart: {pair_accuracy:.3f} (captions scoring their own image above its "
-            "mirror twin; 0.5 = word order not read, as for any bag of words)"
+            f"mirrored pairs told apart: {pair_accuracy:.3f} ({axes}; captions scoring their own image above "
+            "its mirror twin; 0.5 = word order not read, as for any bag of words)"
         )
-        metrics = {**metrics, "order_pair_accuracy": pair_accuracy}
+        metrics = {**metrics, "order_pair_accuracy": pair_accuracy, "order_pair_accuracy_by_axis": by_axis}
     if args.baseline:
         from imtext.baseline import QUALITY_COLUMNS, RidgeBaseline, quality_row
 

@@ -76,6 +76,15 @@ class DemoPlan:
     def features_path(self) -> Path:
         return self.workdir / "features.parquet"
 
+    def draw_world(self, root: Path | None = None) -> Path:
+        """Draw the synthetic world (into `root`, by default the demo's own folder) at the size its model
+        reads: a CNN reads a world drawn at its size better than one resized to it (docs/BENCHMARKS.md, "Up and down")."""
+        from imtext.data.synth import generate
+
+        world = root or Path(self.data_spec.partition(":")[2])
+        size = self.config.image.size()
+        return generate(world, n_images=self.images, seed=0, order_pairs=self.order_pairs, image_size=size)
+
 
 def plan(args: argparse.Namespace) -> DemoPlan:
     workdir = Path(args.workdir).resolve()
@@ -158,9 +167,7 @@ def run_demo(args: argparse.Namespace) -> int:
     if p.synth:
         world = p.workdir / "synth"
         if _stage("data", (world / "synth.json").is_file(), fresh, f"drawing {p.images:,} synthetic scenes"):
-            from imtext.data.synth import generate
-
-            generate(world, n_images=p.images, seed=0, order_pairs=p.order_pairs)
+            p.draw_world()
         done("data", t0, _count_pairs(p.data_spec), world)
     else:
         from imtext.data import load_pairs

@@ -22,8 +22,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
+from imtext.config import check_shares
 from imtext.data import synth
 from imtext.data.load import parse_spec
 from imtext.errors import ImtextError
@@ -35,7 +37,9 @@ from imtext.train.batches import collate_pairs
 # A stream's image_index values start at rank * INDEX_STRIDE, so indices never collide across the ranks
 # whose batches one loss gathers (the loss treats equal indices as one image).
 INDEX_STRIDE = 1 << 40
-TWIN_AXES = {"sides": "h", "all": "hv", "off": ""}  # data.fresh_twins -> the axes a twin may mirror
+# data.fresh_twins -> the axes a twin may mirror: (for the world's captions, for the captions drawn to teach
+# places: every caption of the relation epochs, and the position captions)
+TWIN_AXES = {"sides": ("h", "h"), "places": ("h", "hv"), "all": ("hv", "hv"), "off": ("", "")}
 
 
 def world_meta(spec: str) -> dict:
@@ -54,13 +58,21 @@ class FreshScenes(IterableDataset):
     """`samples` items per epoch and rank, in PairDataset's item format: (pixels, caption ids, image_index,
     None, None).
 
-    `relations`: the share of two-object scenes captioned with their relation (synth.draw_captioned); the
-    rest are scenes and captions as the world draws them. The first `relation_epochs` epochs draw only
-    those: shapes and relations are what a model learns last from the world's mix, and learns first from
-    them (docs/BENCHMARKS.md, "Fresh scenes"). `twins` ("sides", "all" or "off"): a caption that names
-    a side (with "all", also an up-down place) is followed by its mirror: the scene drawn mirrored
-    left-right (or top-bottom) and the caption with those words swapped (imtext.text.mirror), each the
-    other's hardest negative in the batch. A twin counts as one of the `samples`."""
+    `relations`: the share of two-object scenes captioned with their relation (synth.draw_captioned);
+    `positions`: the share of scenes captioned with where one object lies in the frame; the rest are scenes
+    and captions as the world draws them. The first `relation_epochs` epochs draw relations only: shapes
+    and relations are what a model learns last from the world's mix, and learns first from them
+    (docs/BENCHMARKS.md, "Fresh scenes").
+
+    `twins`: a caption that names a side or an up-down place may be followed by its mirror, the scene
+    drawn mirrored left-right (or top-bottom) and the caption with those words swapped
+    (imtext.text.mirror), each the other's hardest negative in the batch. "sides": left-right twins only;
+    "places": also top-bottom ones for the captions drawn to teach places (the relation epochs, the
+    position captions); "all": both axes for every caption; "off": none. Without a top-bottom twin a model
+    never tells "above" from "below" (0.50 on the `order` split's up-down pairs). No top-bottom twin is
+    drawn before epoch `updown_from`: twins halve a batch's distinct scenes, and from the first epoch they
+    kept a model from learning shapes one run in two (docs/BENCHMARKS.md, "Up and down"). A twin counts
+    as one of the `samples`."""
 
     def __init__(
         self,
@@ -71,19 +83,21 @@ class FreshScenes(IterableDataset):
         seed: int,
         rank: int = 0,
         relations: float = 0.5,
+        positions: float = 0.0,
         twins: str = "sides",
         relation_epochs: int = 0,
+        updown_from: int = 0,
     ):
         if samples < 1:
             raise ImtextError("data.fresh_scenes: an epoch needs at least one sample")
-        if not 0.0 <= relations <= 1.0:
-            raise ImtextError(f"data.fresh_relations must be within [0, 1], got {relations}")
+        check_shares(relations, positions)
         self.featurizer, self.transform = featurizer, transform
         self.samples, self.image_size = samples, image_size
         if twins not in TWIN_AXES:
             raise ImtextError(f"data.fresh_twins must be one of {', '.join(TWIN_AXES)}, got {twins!r}")
-        self.seed, self.rank, self.relations, self.twin_axes = seed, rank, relations, TWIN_AXES[twins]
-        self.relation_epochs = relation_epochs
+        self.seed, self.rank, self.twin_axes = seed, rank, TWIN_AXES[twins]
+        self.relations, self.positions = relations, positions
+        self.relation_epochs, self.updown_from = relation_epochs, updown_from
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -99,10 +113,13 @@ class FreshScenes(IterableDataset):
         count = len(range(worker, self.samples, workers))  # loader workers share the epoch's samples
         rng = random.Random(f"imtext-fresh/{self.seed}/{self.rank}/{worker}/{self.epoch}")
         index = self.rank * INDEX_STRIDE + worker * (INDEX_STRIDE // workers)
-        share = 1.0 if self.epoch < self.relation_epochs else self.relations
+        early = self.epoch < self.relation_epochs
+        relations, positions = (1.0, 0.0) if early else (self.relations, self.positions)
         made = 0
         while made < count:
-            scene, caption = synth.draw_captioned(rng, self.image_size, rng.random() < share)
+            u = rng.random()
+            kind = "relation" if u < relations else "position" if u < relations + positions else "world"
+            scene, caption = synth.draw_captioned(rng, self.image_size, kind)
             yield (
                 self.transform(synth.render(scene, self.image_size)),
                 self.featurizer(caption),
@@ -111,7 +128,10 @@ class FreshScenes(IterableDataset):
                 None,
             )
             made, index = made + 1, index + 1
-            axes = [axis for axis in self.twin_axes if mirror_caption(caption, axis)]
+            drilled = early or kind == "position"  # drawn to teach places
+            axes = [axis for axis in self.twin_axes[drilled] if mirror_caption(caption, axis)]
+            if self.epoch < self.updown_from:
+                axes = [axis for axis in axes if axis != "v"]
             if axes and made < count:
                 axis = rng.choice(axes)
                 twin = synth.mirror_scene(scene, self.image_size, axis)
@@ -121,12 +141,21 @@ class FreshScenes(IterableDataset):
 
 
 class RawPixels:
-    """PIL image -> (H, W, 3) uint8 tensor: the per-item half of smallcnn's transform when the world is drawn
-    at the CNN's own size. NormalizedBatch does the other half once per batch: per item, ToTensor and
-    Normalize cost five times as much (0.19 ms an image, half of drawing it, an eighth of a demo step)."""
+    """PIL image -> (size, size, 3) uint8 tensor: the per-item half of smallcnn's transform (the resize, by
+    the same PIL call torchvision's Resize makes, so a scene drawn at the world's size reaches the CNN as
+    the collection's images do). NormalizedBatch does the other half once per batch: per item, ToTensor
+    and Normalize cost five times as much (0.19 ms an image, half of drawing it, an eighth of a demo step).
+
+    Drawn natively at a smaller size instead, the scenes are sharper than the resized collection: a CNN
+    trained at 48 px on them named half as many shapes there (docs/BENCHMARKS.md, "Fresh scenes")."""
+
+    def __init__(self, size: int):
+        self.size = size
 
     def __call__(self, image) -> torch.Tensor:
         rgb = image if image.mode == "RGB" else image.convert("RGB")  # the world draws RGB: no copy
+        if rgb.size != (self.size, self.size):
+            rgb = rgb.resize((self.size, self.size), Image.Resampling.BILINEAR)
         return torch.from_numpy(np.array(rgb, dtype=np.uint8))
 
 
@@ -152,16 +181,18 @@ def fresh_dataset(
     """The training stream `cfg` asks for (data.fresh_scenes), `samples` items per epoch on this rank, and
     the collate function for its batches."""
     size = int(world_meta(cfg.data.spec)["image_size"])
-    raw = cfg.image.backbone == "smallcnn" and cfg.image.size() == size
+    raw = cfg.image.backbone == "smallcnn"  # scenes drawn at the world's size, resized as the collection is
     dataset = FreshScenes(
         featurizer,
-        RawPixels() if raw else transform,
+        RawPixels(cfg.image.size()) if raw else transform,
         samples,
         size,
         seed=cfg.train.seed,
         rank=rank,
         relations=cfg.data.fresh_relations,
+        positions=cfg.data.fresh_positions,
         twins=cfg.data.fresh_twins,
         relation_epochs=cfg.data.fresh_relation_epochs,
+        updown_from=cfg.data.fresh_updown_from,
     )
     return dataset, NormalizedBatch(*normalization(cfg.image.backbone)) if raw else collate_pairs
