@@ -26,7 +26,8 @@ DEMO_MIN_CPUS = 4
 # docs/BENCHMARKS.md ("Fresh scenes"):
 # - fresh scenes (data.fresh_scenes): every step draws new scenes instead of rereading the world's 1,600
 #   training scenes. The model had learned those by heart (held-out shapes 0.40) and never read word order
-#   (0.50); now 0.9-1.0 and 0.72.
+#   (0.50); now 0.9-1.0 and 0.72: left-right 0.96, up-down 0.48, not read. Up-down twins read both in 15
+#   epochs at 48 px, which take 4 minutes here (docs/BENCHMARKS.md, "Up and down").
 # - The first 6 epochs draw two-object scenes captioned with their relation, each side-naming caption beside
 #   its mirror. The last 5 draw the world's mix, with a quarter of those. 12 epochs scored the same and took
 #   170-192 s to a page.
@@ -78,7 +79,8 @@ class DemoPlan:
 
     def draw_world(self, root: Path | None = None) -> Path:
         """Draw the synthetic world (into `root`, by default the demo's own folder) at the size its model
-        reads: a CNN reads a world drawn at its size better than one resized to it (docs/BENCHMARKS.md, "Up and down")."""
+        reads: resized, its small shapes blur, and a CNN learned them worse (docs/BENCHMARKS.md, "Up and
+        down")."""
         from imtext.data.synth import generate
 
         world = root or Path(self.data_spec.partition(":")[2])

@@ -145,9 +145,8 @@ class RawPixels:
     the same PIL call torchvision's Resize makes, so a scene drawn at the world's size reaches the CNN as
     the collection's images do). NormalizedBatch does the other half once per batch: per item, ToTensor
     and Normalize cost five times as much (0.19 ms an image, half of drawing it, an eighth of a demo step).
-
-    Drawn natively at a smaller size instead, the scenes are sharper than the resized collection: a CNN
-    trained at 48 px on them named half as many shapes there (docs/BENCHMARKS.md, "Fresh scenes")."""
+    A world resized to a smaller CNN blurs its small shapes, and shapes were learned worse from it; draw it
+    at the CNN's size instead (docs/BENCHMARKS.md, "Up and down", runs N and Q)."""
 
     def __init__(self, size: int):
         self.size = size
