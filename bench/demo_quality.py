@@ -84,63 +84,72 @@ def print_examples(rows: list[tuple[Precision, Precision]], title: str) -> None:
                 print(f"  {p.query!r} #{rank}: {'; '.join(unmet)}")
 
 
-def shape_accuracy(model: TwoBranch, spec: str, scenes: SceneIndex) -> dict[str, float]:
-    """Colour and shape accuracy on the world's one-object scenes (imtext.data.synth.one_object_accuracy; a
-    model that has learned colour alone scores 1.0 / 0.25): `shape` over all of them, training scenes
-    included (what a search of the whole collection meets), `held_out` and `small_held_out` over the val and
-    test scenes alone (what the model has learned, not remembered)."""
-    import numpy as np
-
+def one_object_images(model: TwoBranch, spec: str, scenes: SceneIndex) -> tuple[dict, dict[str, str]]:
+    """The embedding and the split of every one-object scene's image, by image_id: what shape_accuracy and
+    frame_place_accuracy judge, embedded once for both."""
     from imtext.data import load_image, load_pairs
-    from imtext.data.synth import ONE_OBJECT_SENTENCES, one_object_accuracy
 
     pairs = load_pairs(spec)
     paths = dict(zip(pairs["image_id"].to_pylist(), pairs["image_path"].to_pylist()))
     split = dict(zip(pairs["image_id"].to_pylist(), pairs["split"].to_pylist()))
     single = [i for i, s in scenes.scenes.items() if len(s.objects) == 1]
-    texts = model.embed_texts(list(ONE_OBJECT_SENTENCES))
     images = dict(zip(single, model.embed_images([load_image(paths[i]) for i in single])))
+    return images, {i: split[i] for i in single}
+
+
+def shape_accuracy(
+    model: TwoBranch, scenes: SceneIndex, images: dict, split: dict[str, str]
+) -> dict[str, float]:
+    """Colour and shape accuracy on the world's one-object scenes (imtext.data.synth.one_object_accuracy; a
+    model that has learned colour alone scores 1.0 / 0.25): `shape` over all of them, training scenes
+    included (what a search of the whole collection meets), `held_out` and `small_held_out` over the val and
+    test scenes alone (what the model has learned, not remembered). `images` and `split`: one_object_images."""
+    import numpy as np
+
+    from imtext.data.synth import ONE_OBJECT_SENTENCES, one_object_accuracy
+
+    texts = model.embed_texts(list(ONE_OBJECT_SENTENCES))
 
     def accuracy(ids: list[str]) -> dict[str, float]:
         vectors = np.stack([images[i] for i in ids])
         return one_object_accuracy([scenes.scenes[i].objects[0] for i in ids], vectors, texts)
 
-    every, held = accuracy(single), accuracy([i for i in single if split[i] in ("val", "test")])
+    every, held = accuracy(list(images)), accuracy([i for i in images if split[i] in ("val", "test")])
     return {"shape": every["shape"], "held_out": held["shape"], "small_held_out": held["small"]}
 
 
-def frame_place_accuracy(model: TwoBranch, spec: str, scenes: SceneIndex) -> dict[str, float]:
+# The place phrases frame_place_accuracy sets against each other, per axis (as imtext.data.synth.positions
+# writes them).
+OPPOSITE_PLACES = {
+    "left-right": ("on the left", "on the right"),
+    "up-down": ("near the top", "near the bottom"),
+}
+
+
+def frame_place_accuracy(model: TwoBranch, scenes: SceneIndex, images: dict) -> dict[str, float]:
     """Does the model know where in the frame an object lies? For each one-object scene whose object sits
-    in a side third (left/right) or in the top/bottom third, "a COLOUR SHAPE on the left" against "... on
-    the right" (and "near the top" against "near the bottom"): how often the true place scores higher.
-    0.5 is a model that ignores the place words; they are what "near the bottom there is a small green
-    cross" asks for."""
-    import json
+    in a side third (left/right) or in the top/bottom third (imtext.data.synth.positions), "a COLOUR SHAPE
+    on the left" against "... on the right" (and "near the top" against "near the bottom"): how often the
+    true place scores higher. 0.5 is a model that ignores the place words; they are what "near the bottom
+    there is a small green cross" asks for. `images`: one_object_images."""
+    from imtext.data.synth import positions
 
-    from imtext.data import load_image, load_pairs
-
-    world = Path(spec.partition(":")[2])
-    size = json.loads((world / "synth.json").read_text(encoding="utf-8"))["image_size"]
-    pairs = load_pairs(spec)
-    paths = dict(zip(pairs["image_id"].to_pylist(), pairs["image_path"].to_pylist()))
-    single = [(i, s.objects[0]) for i, s in scenes.scenes.items() if len(s.objects) == 1]
-    vectors = model.embed_images([load_image(paths[i]) for i, _ in single])
-    out = {}
-    for axis, (low, high), frame in (
-        ("left-right", ("left", "right"), "on the {}"),
-        ("up-down", ("top", "bottom"), "near the {}"),
-    ):
-        right = total = 0
-        for (_, o), v in zip(single, vectors):
-            f = (o.cx if axis == "left-right" else o.cy) / size
-            if 0.35 < f < 0.65:
-                continue
-            true, false = (low, high) if f <= 0.35 else (high, low)
-            t = model.embed_texts([f"a {o.color} {o.shape} {frame.format(w)}" for w in (true, false)])
-            right += float(v @ t[0]) > float(v @ t[1])
-            total += 1
-        out[axis] = right / total
-    return out
+    trials: dict[str, list[tuple[str, str, str]]] = {axis: [] for axis in OPPOSITE_PLACES}
+    for i in images:
+        o = scenes.scenes[i].objects[0]
+        held = positions(o, scenes.image_size)
+        for axis, places in OPPOSITE_PLACES.items():
+            for true, false in (places, places[::-1]):
+                if true in held:
+                    trials[axis].append(
+                        (i, f"a {o.color} {o.shape} {true}", f"a {o.color} {o.shape} {false}")
+                    )
+    sentences = sorted({t for rows in trials.values() for _, *pair in rows for t in pair})
+    text = dict(zip(sentences, model.embed_texts(sentences)))
+    return {
+        axis: sum(float(images[i] @ text[t]) > float(images[i] @ text[f]) for i, t, f in rows) / len(rows)
+        for axis, rows in trials.items()
+    }
 
 
 def evaluate_model(model: TwoBranch, spec: str) -> dict[str, float]:
@@ -206,7 +215,7 @@ def run_demo(args: argparse.Namespace) -> None:
     rows = score_examples(scenes, ranked, list(scenes.scenes))
     model = TwoBranch.load(args.workdir / "model")
     rsum = evaluate_model(model, f"synth:{world}")
-    places = frame_place_accuracy(model, f"synth:{world}", scenes)
+    places = frame_place_accuracy(model, scenes, one_object_images(model, f"synth:{world}", scenes)[0])
     stages = [line.rstrip() for line in lines if re.match(r"\s*(data|train|eval|index)\s+\S+ s ", line)]
     print("\nstages:", *stages, sep="\n  ")
     to_ready = next(i for i, line in enumerate(lines) if "ready after" in line) + 1
@@ -259,8 +268,9 @@ def run_seeds(args: argparse.Namespace) -> None:
         print_examples(rows, f"seed {seed}: the page's examples, top {K} images (in-process collection)")
         most = sum(p.most for p, _ in rows[:-1])
         hits = sum(p.hits for p, _ in rows[:-1])
-        shapes = shape_accuracy(model, demo.data_spec, scenes)
-        places = frame_place_accuracy(model, demo.data_spec, scenes)
+        images, split = one_object_images(model, demo.data_spec, scenes)
+        shapes = shape_accuracy(model, scenes, images, split)
+        places = frame_place_accuracy(model, scenes, images)
         summary.append((seed, rsum, seconds, hits, most, len(rows) - 1, shapes, places, history))
     print(
         "\n| seed | test rsum | order rsum | order pairs (left-right / up-down) | val rsum per epoch "
