@@ -152,6 +152,14 @@ def frame_place_accuracy(model: TwoBranch, scenes: SceneIndex, images: dict) -> 
     }
 
 
+def count_pairs(model: TwoBranch, image_size: int) -> float:
+    """imtext.data.synth.count_pair_accuracy on the probe's 300 pairs, drawn at the world's size."""
+    from imtext.data.synth import count_pair_accuracy, count_probe
+
+    images, captions = count_probe(image_size)
+    return count_pair_accuracy(model.embed_images(images), model.embed_texts(captions))
+
+
 def evaluate_model(model: TwoBranch, spec: str) -> dict[str, float]:
     """Test and order rsum, and the order pairs' accuracy (0.5: word order not read; see order_pair_accuracy),
     also for the left-right and the up-down pairs apart."""
@@ -216,6 +224,7 @@ def run_demo(args: argparse.Namespace) -> None:
     model = TwoBranch.load(args.workdir / "model")
     rsum = evaluate_model(model, f"synth:{world}")
     places = frame_place_accuracy(model, scenes, one_object_images(model, f"synth:{world}", scenes)[0])
+    counts = count_pairs(model, scenes.image_size)
     stages = [line.rstrip() for line in lines if re.match(r"\s*(data|train|eval|index)\s+\S+ s ", line)]
     print("\nstages:", *stages, sep="\n  ")
     to_ready = next(i for i, line in enumerate(lines) if "ready after" in line) + 1
@@ -224,7 +233,7 @@ def run_demo(args: argparse.Namespace) -> None:
         f"test rsum {rsum['test']:.1f}, order rsum {rsum['order']:.1f}, "
         f"order pair accuracy {rsum['pairs']:.3f} (left-right {rsum['pairs_h']:.3f}, "
         f"up-down {rsum['pairs_v']:.3f}); places in the frame: left-right {places['left-right']:.3f}, "
-        f"up-down {places['up-down']:.3f}; "
+        f"up-down {places['up-down']:.3f}; count pairs told apart {counts:.3f}; "
         f"load average before {load_before[0]:.2f}, at ready {load_at_ready[0]:.2f} (1 min)"
     )
     print_examples(rows, f"the page's examples, top {K} images from the demo's API ({api})")
@@ -271,21 +280,22 @@ def run_seeds(args: argparse.Namespace) -> None:
         images, split = one_object_images(model, demo.data_spec, scenes)
         shapes = shape_accuracy(model, scenes, images, split)
         places = frame_place_accuracy(model, scenes, images)
-        summary.append((seed, rsum, seconds, hits, most, len(rows) - 1, shapes, places, history))
+        counts = count_pairs(model, scenes.image_size)
+        summary.append((seed, rsum, seconds, hits, most, len(rows) - 1, shapes, places, counts, history))
     print(
         "\n| seed | test rsum | order rsum | order pairs (left-right / up-down) | val rsum per epoch "
         "| train s (this process) | examples: matches (most) | shape (all) | shape (held-out) "
-        "| small (held-out) | places in the frame (left-right / up-down) |"
+        "| small (held-out) | places in the frame (left-right / up-down) | count pairs |"
     )
-    print("| ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |")
-    for seed, rsum, seconds, hits, most, n, shapes, places, history in summary:
+    print("| ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |")
+    for seed, rsum, seconds, hits, most, n, shapes, places, counts, history in summary:
         curve = " / ".join(f"{m['rsum']:.0f}" for m in history)
         print(
             f"| {seed} | {rsum['test']:.1f} | {rsum['order']:.1f} | "
             f"{rsum['pairs']:.3f} ({rsum['pairs_h']:.2f} / {rsum['pairs_v']:.2f}) | {curve} | "
             f"{seconds:.0f} | {hits}/{K * n} ({most} of {n}) | {shapes['shape']:.2f} | "
             f"{shapes['held_out']:.2f} | {shapes['small_held_out']:.2f} | "
-            f"{places['left-right']:.2f} / {places['up-down']:.2f} |"
+            f"{places['left-right']:.2f} / {places['up-down']:.2f} | {counts:.2f} |"
         )
 
 

@@ -39,15 +39,16 @@ TuneScheduler = Literal["asha", "none"]
 TuneSearch = Literal["random", "optuna"]
 
 
-def check_shares(relations: float, positions: float) -> None:
-    """data.fresh_relations and data.fresh_positions are shares of one epoch's draws."""
-    for name, share in (("relations", relations), ("positions", positions)):
+def check_shares(relations: float, positions: float, counts: float = 0.0) -> None:
+    """data.fresh_relations, data.fresh_positions and data.fresh_counts are shares of one epoch's draws."""
+    shares = {"relations": relations, "positions": positions, "counts": counts}
+    for name, share in shares.items():
         if not 0.0 <= share <= 1.0:
             raise ImtextError(f"data.fresh_{name} must be within [0, 1], got {share}")
-    if relations + positions > 1.0:
+    if sum(shares.values()) > 1.0:
         raise ImtextError(
-            f"data.fresh_relations + data.fresh_positions must be at most 1 (shares of one epoch's draws), "
-            f"got {relations} + {positions}"
+            "data.fresh_relations + data.fresh_positions + data.fresh_counts must be at most 1 (shares of one "
+            f"epoch's draws), got {' + '.join(str(v) for v in shares.values())}"
         )
 
 
@@ -69,6 +70,10 @@ class DataConfig:
     fresh_relations: float = 0.5  # the share of two-object scenes captioned with their relation ...
     fresh_relation_epochs: int = 0  # ... after this many first epochs of those alone
     fresh_positions: float = 0.0  # the share of scenes captioned with one object's place in the frame
+    # the share of draws that are two scenes one object apart, each captioned with how many of a kind it
+    # holds: counting, which nothing else teaches (docs/BENCHMARKS.md, "Counting")
+    fresh_counts: float = 0.0
+    fresh_counts_from: int = 0  # ... from this epoch on, in the relation epochs too (in place of relations)
     # sides: a caption naming a side brings its mirror into the batch (the scene drawn mirrored left-right,
     # the sides swapped); places: also top-bottom for the relation epochs and the position captions (the
     # only way a model learned "above" and "below": docs/BENCHMARKS.md, "Up and down"); all: both axes for
@@ -167,7 +172,7 @@ class TrainConfig:
     cpus_per_worker: float = 1.0
     gather_negatives: bool = True  # all-gather embeddings so the loss sees the global batch
     loader_workers: int = 0
-    amp: bool = True  # bf16 autocast on GPU (ignored on CPU)
+    amp: bool = True  # bf16 autocast: the whole step on GPU, the image backbone on a CPU with native bf16
     channels_last: bool = True  # convolutions in channels-last memory format: faster on GPUs and CPUs alike
     compile: bool = False
     num_to_keep: int = 2  # best checkpoints kept by validation rsum
@@ -270,9 +275,10 @@ class Config:
                 f"data.fresh_scenes cannot go with {', '.join(k for k, v in clash.items() if v)}: fresh "
                 "scenes are drawn as pixels with their captions at every step (their twins are the mirrors)"
             )
-        check_shares(self.data.fresh_relations, self.data.fresh_positions)
-        if self.data.fresh_relation_epochs < 0 or self.data.fresh_updown_from < 0:
-            raise ImtextError("data.fresh_relation_epochs and data.fresh_updown_from must be >= 0")
+        check_shares(self.data.fresh_relations, self.data.fresh_positions, self.data.fresh_counts)
+        epochs = ("relation_epochs", "updown_from", "counts_from")
+        if any(getattr(self.data, f"fresh_{name}") < 0 for name in epochs):
+            raise ImtextError(f"data.fresh_{', data.fresh_'.join(epochs)} must be >= 0")
 
     def validate(self) -> Config:
         """Check the values a type cannot express; a fixed-choice key is checked wherever it was set

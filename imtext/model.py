@@ -120,6 +120,9 @@ class TwoBranch(nn.Module):
             self.backbone.out_dim, heads.embed_dim, heads.mlp_hidden, heads.dropout, heads.image_dropout
         )
         self._fingerprint = ""
+        # Set by the training loop (imtext.train.loop.cpu_bf16): in training mode, the image backbone runs
+        # under CPU bf16 autocast. Never saved; inference stays float32.
+        self.bf16_backbone_on_cpu = False
         # The run config this model came from (from_config, load): only the record save() writes beside
         # the weights when given no other; nothing reads it for behaviour.
         self.source_config: Config | None = None
@@ -147,7 +150,9 @@ class TwoBranch(nn.Module):
                 with torch.no_grad():
                     feats = self.backbone(batch)
             else:
-                feats = self.backbone(batch)
+                bf16 = self.bf16_backbone_on_cpu and self.training and batch.device.type == "cpu"
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    feats = self.backbone(batch)
         elif batch.dim() == 2:
             feats = batch  # precomputed backbone features
         else:

@@ -62,11 +62,23 @@ def epoch_line(m: dict[str, Any], epochs: int | None = None, indent: str = "") -
     )
 
 
-def epoch_printer(epochs: int | None = None, indent: str = "") -> Callable[[dict[str, Any]], None]:
-    """A line per epoch as it ends (`imtext train` and the demo, on Ray Train or in-process)."""
+def epoch_stride(epochs: int | None, lines: int) -> int:
+    """Print every k-th epoch so that `epochs` take at most `lines` lines (0: no limit)."""
+    return max(1, -(-epochs // lines)) if lines and epochs else 1
+
+
+def epoch_printer(
+    epochs: int | None = None, indent: str = "", lines: int = 0
+) -> Callable[[dict[str, Any]], None]:
+    """A line per epoch as it ends (`imtext train` and the demo, on Ray Train or in-process); with `lines`,
+    at most that many: every k-th epoch and the last (the demo's output fits one screen; curves.png and
+    metrics.json keep every epoch)."""
+    every = epoch_stride(epochs, lines)
 
     def show(m: dict[str, Any]) -> None:
-        console.print(epoch_line(m, epochs, indent), highlight=False)
+        n = int(m["epoch"]) + 1
+        if n % every == 0 or n == epochs:
+            console.print(epoch_line(m, epochs, indent), highlight=False)
 
     return show
 

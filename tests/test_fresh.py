@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from imtext.config import Config
-from imtext.data.synth import DRAW_KINDS, draw_captioned, mirror_scene, parse_query, render
+from imtext.data.synth import DRAW_KINDS, draw_captioned, draw_count_pair, mirror_scene, parse_query, render
 from imtext.errors import ImtextError
 from imtext.text.mirror import mirror_caption
 from imtext.train.fresh import INDEX_STRIDE, FreshScenes
@@ -192,6 +192,68 @@ def test_first_epochs_draw_relations_alone_then_the_worlds_mix():
     stream.set_epoch(1)
     later = {parse_query(c).relation is not None for _, c, *_ in _items(stream)}
     assert first == {True} and later == {True, False}
+
+
+def test_count_pairs_differ_by_one_object_and_their_number_alone():
+    rng = random.Random(5)
+    numbers = set()
+    for _ in range(200):
+        a, caption_a, b, caption_b = draw_count_pair(rng, 64)
+        assert abs(len(a.objects) - len(b.objects)) == 1 and a.background == b.background
+        fewer, more = sorted((a, b), key=lambda s: len(s.objects))
+        assert all(o in more.objects for o in fewer.objects)  # the same scene, one object less
+        assert parse_query(caption_a).matches(a, 64, sizes=True) and parse_query(caption_b).matches(
+            b, 64, True
+        )
+        assert not parse_query(caption_a).matches(b, 64) and not parse_query(caption_b).matches(a, 64)
+        words_a, words_b = caption_a.split(), caption_b.split()
+        differ = [(x, y) for x, y in zip(words_a, words_b) if x != y]
+        assert len(words_a) == len(words_b) and 1 <= len(differ) <= 3, (
+            caption_a,
+            caption_b,
+        )  # number, is/are, plural
+        numbers.add(tuple(sorted((len(a.objects), len(b.objects)))))
+    assert len(numbers) >= 3  # 1 and 2, 2 and 3 of a kind, with or without another object
+
+
+def _paired_share(items: list[tuple]) -> float:
+    """The share of items that come as count pairs, side by side."""
+    paired, i = 0, 0
+    while i < len(items) - 1:
+        if _count_pair(items[i][1], items[i + 1][1]):
+            paired, i = paired + 2, i + 2
+        else:
+            i += 1
+    return paired / len(items)
+
+
+def test_count_pairs_ride_side_by_side_from_their_epoch():
+    stream = _stream(relations=0.2, counts=0.4, relation_epochs=2, counts_from=1, twins="off", samples=300)
+    shares, relations = [], []
+    for epoch in range(3):  # before counts_from; a relation epoch with count pairs; the mix
+        stream.set_epoch(epoch)
+        items = _items(stream)
+        assert len(items) == 300 and len({i for _, _, i, *_ in items}) == 300  # a pair is two images
+        shares.append(_paired_share(items))
+        relations.append(sum(parse_query(c).relation is not None for _, c, *_ in items) / len(items))
+    assert shares[0] == 0 and relations[0] == 1.0  # the relation epochs before counts_from: relations alone
+    # 0.4 of the draws are pairs, two items each: 0.57 of the items
+    assert 0.45 < shares[1] < 0.7 and 0.25 < relations[1] < 0.55, (shares, relations)  # the rest relations
+    assert 0.45 < shares[2] < 0.7 and relations[2] < 0.3, (shares, relations)  # 0.2 of the draws relations
+    with pytest.raises(ImtextError, match="at most 1"):
+        _stream(relations=0.5, positions=0.3, counts=0.3)
+    with pytest.raises(ImtextError, match="counts_from must be >= 0"):
+        Config().override({**FRESH, "data.fresh_counts": 0.2, "data.fresh_counts_from": -1}).validate()
+
+
+def _count_pair(a: str, b: str) -> bool:
+    """Two captions of one kind of object, each with its number, the numbers different."""
+    qa, qb = parse_query(a), parse_query(b)
+    if len(qa.mentions) != 1 or len(qb.mentions) != 1 or qa.relation or qb.relation:
+        return False
+    ma, mb = qa.mentions[0], qb.mentions[0]
+    counted = ma.at_most is not None and mb.at_most is not None
+    return counted and (ma.color, ma.shape) == (mb.color, mb.shape) and ma.at_least != mb.at_least
 
 
 @pytest.mark.parametrize("size", [64, 48])

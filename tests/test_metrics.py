@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,7 @@ import torch
 import imtext.metrics as metrics_mod
 from imtext.errors import ImtextError
 from imtext.metrics import KEYS, coco_1k, coco_5k, retrieval
-from imtext.report import metrics_rows
+from imtext.report import epoch_printer, metrics_rows
 
 # img = identity, so caption j's score for image i is TXT[j][i].
 IMG = np.eye(3, dtype=np.float32)
@@ -138,6 +140,23 @@ def test_metrics_rows_follow_the_papers_layout():
     assert [r[0] for r in rows] == ["image -> text (annotation)", "text -> image (search)"]
     assert [round(v, 1) for v in rows[0][1:]] == [0.0, 66.7, 100.0, 3.0, 3.7]
     assert [round(v, 1) for v in rows[1][1:]] == [16.7, 100.0, 100.0, 2.0, 2.3]
+
+
+@pytest.mark.parametrize(
+    ("epochs", "lines", "shown"),
+    [
+        (15, 8, [2, 4, 6, 8, 10, 12, 14, 15]),
+        (11, 8, [2, 4, 6, 8, 10, 11]),
+        (3, 8, [1, 2, 3]),
+        (4, 0, [1, 2, 3, 4]),
+    ],
+)
+def test_epoch_lines_at_most_as_many_as_asked_and_always_the_last(capsys, epochs, lines, shown):
+    show = epoch_printer(epochs, lines=lines)
+    for e in range(epochs):
+        show({"epoch": e, "loss": 1.0, "rsum": 100.0 + e})
+    printed = re.findall(r"epoch +(\d+)/(\d+)", capsys.readouterr().out)
+    assert printed == [(str(n), str(epochs)) for n in shown]
 
 
 def test_eval_protocols_are_the_configs_choices():

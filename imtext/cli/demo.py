@@ -20,28 +20,39 @@ from imtext.report import console, print_split_metrics, print_table
 # The demo runs Ray Train, Ray Data and Serve one after another on one machine, often a 2-core laptop:
 # declaring at least this many logical CPUs keeps one stage's actors from waiting on another's.
 DEMO_MIN_CPUS = 4
+# Epoch lines the demo prints at most (every k-th epoch and the last), so its output fits one screen.
+DEMO_EPOCH_LINES = 8
 
 # The demo's model on the synthetic world: the synthetic recipe, trained for what a first visit can wait
-# (page ready after 171 s on the 2-core machine on a slow hour; the goal is 3 minutes). Chosen in
-# docs/BENCHMARKS.md ("Fresh scenes"):
+# (page ready after 144 s on the 2-core machine; the goal is 3 minutes). Chosen in docs/BENCHMARKS.md
+# ("Fresh scenes", "Up and down", "Counting"):
 # - fresh scenes (data.fresh_scenes): every step draws new scenes instead of rereading the world's 1,600
 #   training scenes. The model had learned those by heart (held-out shapes 0.40) and never read word order
-#   (0.50); now 0.9-1.0 and 0.72: left-right 0.96, up-down 0.48, not read. Up-down twins read both in 15
-#   epochs at 48 px, which take 4 minutes here (docs/BENCHMARKS.md, "Up and down").
-# - The first 6 epochs draw two-object scenes captioned with their relation, each side-naming caption beside
-#   its mirror. The last 5 draw the world's mix, with a quarter of those. 12 epochs scored the same and took
-#   170-192 s to a page.
-# - The from-scratch CNN at half width and a GRU of 128 per direction: 11 epochs fit where 5 did.
+#   (0.50); now shapes 0.9-1.0 and mirrored pairs 0.92-0.98.
+# - The first 9 epochs draw two-object scenes captioned with their relation, each side-naming caption beside
+#   its mirror, and from epoch 5 each up-down one beside its mirror too (without those twins up and down
+#   were never read: 0.48). From epoch 5 a fifth of the draws are pairs of scenes one object apart, captioned
+#   with their counts ("two yellow crosses" / "three yellow crosses"): without them counts were read at
+#   0.55-0.65, with them 0.93. The last 10 epochs draw the world's mix with a fifth each of relations and of
+#   places in the frame.
+# - 48 px, the world drawn at that size; the from-scratch CNN at half width (convolutions in bf16 where the
+#   CPU has it) and a GRU of 128 per direction.
 # - InfoNCE in batches of 64 at lr 2e-3 (every run that read word order used it). Linear heads: the recipe's
 #   1024-wide MLP kept the CNN from learning shapes.
 DEMO_SYNTH_WORLD = (2000, 100)  # scenes (80/10/10 train/val/test), mirrored pairs (the `order` split)
 DEMO_SYNTH: dict = {
     "data.fresh_scenes": True,
-    "data.fresh_relation_epochs": 6,
-    "data.fresh_relations": 0.25,
+    "data.fresh_relation_epochs": 9,
+    "data.fresh_relations": 0.2,
+    "data.fresh_positions": 0.2,
+    "data.fresh_twins": "places",
+    "data.fresh_updown_from": 5,
+    "data.fresh_counts": 0.2,
+    "data.fresh_counts_from": 5,
+    "image.image_size": 48,
     "image.smallcnn_width": 16,
     "text.hidden_dim": 128,
-    "train.epochs": 11,
+    "train.epochs": 19,
     "train.batch_size": 64,
     "train.lr": 2e-3,
     "model.mlp_hidden": 0,
@@ -127,6 +138,14 @@ def plan(args: argparse.Namespace) -> DemoPlan:
     return p
 
 
+def _every(epochs: int) -> str:
+    """How often the demo prints an epoch (at most DEMO_EPOCH_LINES lines)."""
+    from imtext.report import epoch_stride
+
+    k = epoch_stride(epochs, DEMO_EPOCH_LINES)
+    return "" if k == 1 else f"1 epoch in {k} shown, "
+
+
 def _stage(name: str, done: bool, fresh: bool, doing: str = "") -> bool:
     """True when the stage must run; says so either way, in one line."""
     if done and not fresh:
@@ -194,14 +213,21 @@ def run_demo(args: argparse.Namespace) -> int:
         "train",
         (p.model_dir / "weights.safetensors").is_file(),
         fresh,
-        f"Ray Train, {p.config.train.workers} worker, {epochs} epochs (validation rsum per epoch, max 600)",
+        f"Ray Train, {p.config.train.workers} worker, {epochs} epochs (validation rsum, max 600; "
+        f"{_every(epochs)}all in curves.png)",
     ):
-        from imtext.report import epoch_printer
+        from imtext.report import epoch_line, epoch_printer
         from imtext.train.ray_train import fit
 
         _connect_ray()
-        with console.status("training on Ray Train (a line per epoch) ...", spinner="dots"):
-            fit(p.config, on_epoch=epoch_printer(epochs, indent="       "))
+        with console.status("training on Ray Train ...", spinner="dots") as status:
+            print_line = epoch_printer(epochs, indent="       ", lines=DEMO_EPOCH_LINES)
+
+            def on_epoch(m: dict) -> None:
+                status.update(f"training on Ray Train: {epoch_line(m, epochs)}")
+                print_line(m)
+
+            fit(p.config, on_epoch=on_epoch)
     done("train", t0, _best_epoch(p.model_dir), p.model_dir / "curves.png")
 
     # 3. evaluate

@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass
 from itertools import zip_longest
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageDraw
 from rich.console import Console
 from rich.progress import track
@@ -367,6 +368,65 @@ def draw_captioned(rng: random.Random, size: int, kind: str = "world") -> tuple[
             caption = _Captioner(rng, scene, size).relation()
         if caption is not None:
             return scene, _fix_articles(caption)
+
+
+# "one red circle" / "two red circles": frame k of one is frame k of the other, so a count pair's captions
+# differ in the number alone
+COUNT_FRAMES = {
+    "one": ("one {x}", "exactly one {x}", "there is one {x}"),
+    "many": ("{n} {xs}", "exactly {n} {xs}", "there are {n} {xs}"),
+}
+
+
+def draw_count_pair(rng: random.Random, size: int) -> tuple[Scene, str, Scene, str]:
+    """Two scenes that differ by one object of a kind (1 and 2, or 2 and 3 of it, and maybe one other
+    object), each captioned with how many of that kind it holds in the same words ("two yellow crosses",
+    "three yellow crosses"); in random order. Side by side in a batch, each is the other's hardest negative:
+    the only way to tell them apart is to count (imtext.train.fresh, data.fresh_counts)."""
+    while True:
+        few = rng.choice((1, 2))
+        (color, shape), *other = rng.sample(KEYS, 1 + (rng.random() < 0.5))
+        sz = rng.choice(SIZES)
+        specs = [(color, shape, sz)] * (few + 1) + [(c, sh, rng.choice(SIZES)) for c, sh in other]
+        objects = _place(rng, size, specs)
+        if objects is not None:
+            break
+    background = _background(rng)
+    more = Scene(objects, background)
+    drop = rng.randrange(few + 1)  # one of the group's objects (placed first)
+    fewer = Scene([o for i, o in enumerate(objects) if i != drop], background)
+    frame = rng.randrange(len(COUNT_FRAMES["one"]))
+    word = rng.choice(SIZE_WORDS[sz]) + " " if rng.random() < 0.5 else ""
+
+    def caption(n: int) -> str:
+        if n == 1:
+            return _fix_articles(COUNT_FRAMES["one"][frame].format(x=f"{word}{color} {shape}"))
+        return COUNT_FRAMES["many"][frame].format(n=NUMBERS[n], xs=f"{word}{color} {PLURALS[shape]}")
+
+    pair = [(fewer, caption(few)), (more, caption(few + 1))]
+    rng.shuffle(pair)
+    (a, caption_a), (b, caption_b) = pair
+    return a, caption_a, b, caption_b
+
+
+def count_probe(image_size: int, pairs: int = 300) -> tuple[list[Image.Image], list[str]]:
+    """`pairs` count pairs (draw_count_pair) drawn from a seed no training stream uses: images and captions,
+    pair k at rows 2k and 2k+1. What count_pair_accuracy judges."""
+    rng = random.Random("imtext/count-probe")
+    images, captions = [], []
+    for _ in range(pairs):
+        a, caption_a, b, caption_b = draw_count_pair(rng, image_size)
+        images += [render(a, image_size), render(b, image_size)]
+        captions += [caption_a, caption_b]
+    return images, captions
+
+
+def count_pair_accuracy(img: np.ndarray, txt: np.ndarray) -> float:
+    """Does a model count? How often an image of a count pair scores its own caption above its twin's
+    (rows 2k and 2k+1 a pair, as count_probe gives them; `img` and `txt` their embeddings). 0.5: numbers not
+    read; they are what "two yellow crosses" asks for."""
+    twin_txt = txt.reshape(-1, 2, txt.shape[1])[:, ::-1].reshape(txt.shape)
+    return float(((img * txt).sum(1) > (img * twin_txt).sum(1)).mean())
 
 
 # ---------------------------------------------------------------- the order split

@@ -59,8 +59,10 @@ class FreshScenes(IterableDataset):
     None, None).
 
     `relations`: the share of two-object scenes captioned with their relation (synth.draw_captioned);
-    `positions`: the share of scenes captioned with where one object lies in the frame; the rest are scenes
-    and captions as the world draws them. The first `relation_epochs` epochs draw relations only: shapes
+    `positions`: the share of scenes captioned with where one object lies in the frame; `counts`: the share
+    of pairs of scenes one object apart, each captioned with how many of a kind it holds
+    (synth.draw_count_pair; a pair is two of the `samples`), from epoch `counts_from` on, in the relation
+    epochs too; the rest are scenes and captions as the world draws them. The first `relation_epochs` epochs draw relations only: shapes
     and relations are what a model learns last from the world's mix, and learns first from them
     (docs/BENCHMARKS.md, "Fresh scenes").
 
@@ -84,20 +86,23 @@ class FreshScenes(IterableDataset):
         rank: int = 0,
         relations: float = 0.5,
         positions: float = 0.0,
+        counts: float = 0.0,
         twins: str = "sides",
         relation_epochs: int = 0,
         updown_from: int = 0,
+        counts_from: int = 0,
     ):
         if samples < 1:
             raise ImtextError("data.fresh_scenes: an epoch needs at least one sample")
-        check_shares(relations, positions)
+        check_shares(relations, positions, counts)
         self.featurizer, self.transform = featurizer, transform
         self.samples, self.image_size = samples, image_size
         if twins not in TWIN_AXES:
             raise ImtextError(f"data.fresh_twins must be one of {', '.join(TWIN_AXES)}, got {twins!r}")
         self.seed, self.rank, self.twin_axes = seed, rank, TWIN_AXES[twins]
-        self.relations, self.positions = relations, positions
+        self.relations, self.positions, self.counts = relations, positions, counts
         self.relation_epochs, self.updown_from = relation_epochs, updown_from
+        self.counts_from = counts_from
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -114,19 +119,20 @@ class FreshScenes(IterableDataset):
         rng = random.Random(f"imtext-fresh/{self.seed}/{self.rank}/{worker}/{self.epoch}")
         index = self.rank * INDEX_STRIDE + worker * (INDEX_STRIDE // workers)
         early = self.epoch < self.relation_epochs
-        relations, positions = (1.0, 0.0) if early else (self.relations, self.positions)
+        counts = self.counts if self.epoch >= self.counts_from else 0.0
+        relations, positions = (1.0 - counts, 0.0) if early else (self.relations, self.positions)
         made = 0
         while made < count:
             u = rng.random()
+            if relations + positions <= u < relations + positions + counts:
+                a, caption_a, b, caption_b = synth.draw_count_pair(rng, self.image_size)
+                for scene, caption in ((a, caption_a), (b, caption_b))[: count - made]:
+                    yield self._item(scene, caption, index)
+                    made, index = made + 1, index + 1
+                continue
             kind = "relation" if u < relations else "position" if u < relations + positions else "world"
             scene, caption = synth.draw_captioned(rng, self.image_size, kind)
-            yield (
-                self.transform(synth.render(scene, self.image_size)),
-                self.featurizer(caption),
-                index,
-                None,
-                None,
-            )
+            yield self._item(scene, caption, index)
             made, index = made + 1, index + 1
             drilled = early or kind == "position"  # drawn to teach places
             axes = [axis for axis in self.twin_axes[drilled] if mirror_caption(caption, axis)]
@@ -135,9 +141,17 @@ class FreshScenes(IterableDataset):
             if axes and made < count:
                 axis = rng.choice(axes)
                 twin = synth.mirror_scene(scene, self.image_size, axis)
-                pixels = self.transform(synth.render(twin, self.image_size))
-                yield pixels, self.featurizer(mirror_caption(caption, axis)), index, None, None
+                yield self._item(twin, mirror_caption(caption, axis), index)
                 made, index = made + 1, index + 1
+
+    def _item(self, scene: synth.Scene, caption: str, index: int) -> tuple:
+        return (
+            self.transform(synth.render(scene, self.image_size)),
+            self.featurizer(caption),
+            index,
+            None,
+            None,
+        )
 
 
 class RawPixels:
@@ -190,8 +204,10 @@ def fresh_dataset(
         rank=rank,
         relations=cfg.data.fresh_relations,
         positions=cfg.data.fresh_positions,
+        counts=cfg.data.fresh_counts,
         twins=cfg.data.fresh_twins,
         relation_epochs=cfg.data.fresh_relation_epochs,
         updown_from=cfg.data.fresh_updown_from,
+        counts_from=cfg.data.fresh_counts_from,
     )
     return dataset, NormalizedBatch(*normalization(cfg.image.backbone)) if raw else collate_pairs
