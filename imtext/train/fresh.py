@@ -59,12 +59,13 @@ class FreshScenes(IterableDataset):
     None, None).
 
     `relations`: the share of two-object scenes captioned with their relation (synth.draw_captioned);
-    `positions`: the share of scenes captioned with where one object lies in the frame; `counts`: the share
-    of pairs of scenes one object apart, each captioned with how many of a kind it holds
-    (synth.draw_count_pair; a pair is two of the `samples`), from epoch `counts_from` on, in the relation
-    epochs too; the rest are scenes and captions as the world draws them. The first `relation_epochs` epochs draw relations only: shapes
-    and relations are what a model learns last from the world's mix, and learns first from them
-    (docs/BENCHMARKS.md, "Fresh scenes").
+    `positions`: the share of scenes captioned with where one object lies in the frame; the rest are scenes
+    and captions as the world draws them. The first `relation_epochs` epochs draw relations alone (and count
+    pairs, below): shapes and relations are what a model learns last from the world's mix, and learns first
+    from them (docs/BENCHMARKS.md, "Fresh scenes"). `counts`: from epoch `counts_from` on, in the relation
+    epochs too, the share of draws that are two scenes one object apart, each captioned with how many of a
+    kind it holds (synth.draw_count_pair), side by side: the only signal that teaches counting
+    (docs/BENCHMARKS.md, "Counting"). A pair is two of the `samples`.
 
     `twins`: a caption that names a side or an up-down place may be followed by its mirror, the scene
     drawn mirrored left-right (or top-bottom) and the caption with those words swapped
