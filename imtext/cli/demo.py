@@ -33,8 +33,8 @@ DEMO_EPOCH_LINES = 8
 #   its mirror, and from epoch 5 each up-down one beside its mirror too (without those twins up and down
 #   were never read: 0.48). From epoch 5 a fifth of the draws are pairs of scenes one object apart, captioned
 #   with their counts ("two yellow crosses" / "three yellow crosses"): without them counts were read at
-#   0.55-0.65, with them 0.93. The last 10 epochs draw the world's mix with a fifth each of relations and of
-#   places in the frame.
+#   0.55-0.65, with them 0.92-0.94. The last 10 epochs draw the world's mix with a fifth each of relations,
+#   places in the frame and count pairs.
 # - 48 px, the world drawn at that size; the from-scratch CNN at half width (convolutions in bf16 where the
 #   CPU has it) and a GRU of 128 per direction.
 # - InfoNCE in batches of 64 at lr 2e-3 (every run that read word order used it). Linear heads: the recipe's

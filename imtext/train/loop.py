@@ -94,9 +94,9 @@ def prepare(cfg: Config) -> Setup:
 
 
 def cpu_bf16() -> bool:
-    """Whether this CPU computes in bf16 natively (AMX or AVX512-BF16): there, the small CNN's convolutions
-    train about 30% faster per step under bf16 autocast (docs/BENCHMARKS.md, "bf16 on CPU"); elsewhere
-    oneDNN emulates bf16 and autocast would be slower."""
+    """Whether this CPU computes in bf16 natively (AMX or AVX512-BF16): there, the small CNN under bf16
+    autocast makes the demo's step a fifth to a quarter faster (docs/BENCHMARKS.md, "Counting, and bf16 on
+    CPU"); elsewhere oneDNN emulates bf16 and autocast would be slower."""
     probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
     try:
         return any(getattr(torch.cpu, name)() for name in probes if hasattr(torch.cpu, name))
