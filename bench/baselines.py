@@ -184,7 +184,7 @@ def main(argv=None) -> int:
         )
         cfg = cfg.override(args.overrides).validate()
         started = time.perf_counter()
-        model, history = train_local(cfg)
+        _, history = train_local(cfg)
         best = max(history, key=lambda m: m["rsum"])
         from imtext.model import TwoBranch
 

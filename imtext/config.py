@@ -172,7 +172,11 @@ class TrainConfig:
     cpus_per_worker: float = 1.0
     gather_negatives: bool = True  # all-gather embeddings so the loss sees the global batch
     loader_workers: int = 0
-    amp: bool = True  # bf16 autocast: the whole step on GPU, the image backbone on a CPU with native bf16
+    amp: bool = True  # bf16 autocast of the whole step on GPU
+    # The image backbone under bf16 autocast on a CPU with native bf16 (AMX, AVX512-BF16): a fifth faster a
+    # step, but three variants of the demo's CNN learned no shapes in bf16 at a seed where float32 learned
+    # them (docs/BENCHMARKS.md, "bf16 and shapes"), so off unless asked for
+    cpu_bf16: bool = False
     channels_last: bool = True  # convolutions in channels-last memory format: faster on GPUs and CPUs alike
     compile: bool = False
     num_to_keep: int = 2  # best checkpoints kept by validation rsum

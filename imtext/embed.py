@@ -208,6 +208,9 @@ def _run_ray(
     with _quiet_ray_data():
         # A few batches per block: blocks are what the pool hands out, so several per actor keep both busy.
         ds = ray.data.from_arrow(_blocks(rows, batch_size * 4))
+        # Ray's core worker logs an error line for this pool ("constructor arguments in the object store and
+        # max_restarts > 0", ray#57733): Ray Data's own arguments, for any actor pool. Harmless, and kept:
+        # max_restarts=0 would hide it and give up the restarts that carry a build through a lost node.
         ds = ds.map_batches(
             Embedder,
             fn_constructor_kwargs={"model_dir": model_dir, "device": "cuda" if gpus else "cpu", "threads": 1},

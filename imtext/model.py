@@ -120,8 +120,8 @@ class TwoBranch(nn.Module):
             self.backbone.out_dim, heads.embed_dim, heads.mlp_hidden, heads.dropout, heads.image_dropout
         )
         self._fingerprint = ""
-        # Set by the training loop (imtext.train.loop.cpu_bf16): in training mode, the image backbone runs
-        # under CPU bf16 autocast. Never saved; inference stays float32.
+        # Set by the training loop (train.cpu_bf16, on a CPU where loop.cpu_bf16()): in training mode, the
+        # image backbone runs under CPU bf16 autocast. Never saved; inference stays float32.
         self.bf16_backbone_on_cpu = False
         # The run config this model came from (from_config, load): only the record save() writes beside
         # the weights when given no other; nothing reads it for behaviour.

@@ -442,7 +442,7 @@ def test_a_photo_backbone_trains_on_pixels_with_mirrored_flips(synth_world, tmp_
 
 
 def test_bf16_backbone_on_cpu_trains_in_bf16_and_embeds_in_float32():
-    """train.amp on a CPU with native bf16: the backbone's convolutions run in bf16 while training (30% less
+    """train.cpu_bf16 on a CPU with native bf16: the backbone's convolutions run in bf16 while training (30% less
     time per demo step), its weights and gradients stay float32, and inference is float32 as before."""
     from imtext.config import Config
     from imtext.model import TwoBranch
@@ -475,13 +475,15 @@ def test_bf16_backbone_on_cpu_trains_in_bf16_and_embeds_in_float32():
     assert seen[-1] == torch.float32
 
 
-def test_the_training_loop_asks_for_bf16_only_where_the_cpu_has_it(synth_world, tmp_path, monkeypatch):
+def test_the_training_loop_asks_for_bf16_only_when_told_and_where_the_cpu_has_it(
+    synth_world, tmp_path, monkeypatch
+):
     from imtext.train import loop
     from tests.conftest import tiny_config
 
     assert isinstance(loop.cpu_bf16(), bool)  # this machine's answer, whatever it is
     cfg = tiny_config(synth_world, tmp_path / "m", **{"data.max_train_pairs": 128})
-    for native, amp, expected in ((True, True, True), (False, True, False), (True, False, False)):
+    for native, asked, expected in ((True, True, True), (False, True, False), (True, False, False)):
         monkeypatch.setattr(loop, "cpu_bf16", lambda native=native: native)
-        run = loop.Run(cfg.override({"train.amp": amp}))
+        run = loop.Run(cfg.override({"train.cpu_bf16": asked}))
         assert run.model.bf16_backbone_on_cpu is expected

@@ -35,8 +35,8 @@ DEMO_EPOCH_LINES = 8
 #   with their counts ("two yellow crosses" / "three yellow crosses"): without them counts were read at
 #   0.55-0.65, with them 0.92-0.94. The last 10 epochs draw the world's mix with a fifth each of relations,
 #   places in the frame and count pairs.
-# - 48 px, the world drawn at that size; the from-scratch CNN at half width (convolutions in bf16 where the
-#   CPU has it) and a GRU of 128 per direction.
+# - 48 px, the world drawn at that size; the from-scratch CNN at half width, in float32 (in bf16 it learned
+#   shapes less surely: train.cpu_bf16), and a GRU of 128 per direction.
 # - InfoNCE in batches of 64 at lr 2e-3 (every run that read word order used it). Linear heads: the recipe's
 #   1024-wide MLP kept the CNN from learning shapes.
 DEMO_SYNTH_WORLD = (2000, 100)  # scenes (80/10/10 train/val/test), mirrored pairs (the `order` split)

@@ -94,9 +94,9 @@ def prepare(cfg: Config) -> Setup:
 
 
 def cpu_bf16() -> bool:
-    """Whether this CPU computes in bf16 natively (AMX or AVX512-BF16): there, the small CNN under bf16
-    autocast makes the demo's step a fifth to a quarter faster (docs/BENCHMARKS.md, "Counting, and bf16 on
-    CPU"); elsewhere oneDNN emulates bf16 and autocast would be slower."""
+    """Whether this CPU computes in bf16 natively (AMX or AVX512-BF16): there, with train.cpu_bf16, the small
+    CNN under bf16 autocast makes the demo's step a fifth to a quarter faster (docs/BENCHMARKS.md, "Counting,
+    and bf16 on CPU"); elsewhere oneDNN emulates bf16 and autocast would be slower."""
     probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
     try:
         return any(getattr(torch.cpu, name)() for name in probes if hasattr(torch.cpu, name))
@@ -281,7 +281,7 @@ class Run:
         self.setup = prepare(cfg)
         self.cfg = self.setup.config
         self.model = self.setup.model.to(self.device)
-        self.model.bf16_backbone_on_cpu = self.device.type == "cpu" and self.cfg.train.amp and cpu_bf16()
+        self.model.bf16_backbone_on_cpu = self.device.type == "cpu" and self.cfg.train.cpu_bf16 and cpu_bf16()
         if self.cfg.train.channels_last and self.setup.features is None:
             # cuDNN and oneDNN both run convolutions faster on channels-last weights and inputs (the demo's
             # small CNN: 27% less time per step on 2 CPU cores); saved weights stay contiguous
@@ -365,7 +365,8 @@ def train_local(
     cfg: Config, on_epoch: Callable[[dict[str, Any]], None] | None = None, max_steps: int = 0
 ) -> tuple[TwoBranch, list[dict[str, Any]]]:
     """The same loop in this process, without Ray. Saves the best epoch (by validation rsum) to train.out,
-    with metrics.json (every epoch) and curves.png (imtext.train.curves) beside it."""
+    with metrics.json (every epoch) and curves.png (imtext.train.curves) beside it. Returns the model as the
+    last epoch left it, and every epoch's metrics: the best model is the one in train.out (TwoBranch.load)."""
     if cfg.train.out:
         refuse_foreign_out(cfg.train.out)  # before training, not after
     device = torch.device("cuda" if cfg.train.use_gpu and torch.cuda.is_available() else "cpu")
