@@ -120,6 +120,7 @@ def model_meta(model_dir: str | Path) -> dict[str, Any]:
     return {
         "fingerprint": model.fingerprint,
         "text_model": model.text_config.model,
+        "sentence_encoder": model.text_config.sentence_encoder,  # "none", or the frozen encoder beside it
         "backbone": model.image_config.backbone,
         "embed_dim": model.embed_dim,
     }

@@ -142,3 +142,13 @@ def test_a_real_error_inside_ray_still_reaches_the_terminal(tiny_model, tmp_path
     assert rc == 2, out[-4000:]  # a user's error: one line, no traceback (imtext.cli.main)
     assert "not a readable image" in out and bad.name in out, out[-4000:]
     assert "Traceback" not in out
+
+
+def test_the_demo_reports_test_not_the_split_that_chose_the_epoch():
+    """On real photos the demo's eval line is the test split's (flickr8k has one); only data without a test
+    split (coco's train2017/val2017) falls back to val, and says so."""
+    from imtext.cli.demo import eval_splits
+
+    assert eval_splits(True, {"train", "val", "test", "order"}) == ["test", "order"]
+    assert eval_splits(False, {"train", "val", "test"}) == ["test"]
+    assert eval_splits(False, {"train", "val"}) == ["val"]

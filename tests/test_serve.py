@@ -310,6 +310,7 @@ def test_health_info_and_docs(client, local, collections):
     assert info["model"] == {
         "fingerprint": model.fingerprint,
         "text_model": model.text_config.model,
+        "sentence_encoder": model.text_config.sentence_encoder,
         "backbone": model.image_config.backbone,
         "embed_dim": model.embed_dim,
     }

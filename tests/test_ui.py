@@ -352,6 +352,7 @@ def test_footer_and_labels_format_the_api_values():
         "model": {
             "fingerprint": "0123456789abcdef",
             "text_model": "gru",
+            "sentence_encoder": "minilm",
             "backbone": "resnet18",
             "embed_dim": 512,
         },
@@ -362,7 +363,7 @@ def test_footer_and_labels_format_the_api_values():
     }
     text = footer_text(info, None, {"latency_ms": 3.25, "roundtrip_ms": 12.04})
     for part in (
-        "gru text",
+        "gru + minilm text",
         "resnet18 images",
         "512-d",
         "fingerprint 01234567",

@@ -104,8 +104,10 @@ def footer_text(
             return md_escape(str(d.get(key, "?")))
 
         fp = md_escape(str(m.get("fingerprint", ""))[:8]) or "?"
+        encoder = str(m.get("sentence_encoder") or "none")
+        text = v(m, "text_model") + ("" if encoder == "none" else f" + {md_escape(encoder)}")
         head = (
-            f"**Model** {v(m, 'text_model')} text · {v(m, 'backbone')} images · {v(m, 'embed_dim')}-d · "
+            f"**Model** {text} text · {v(m, 'backbone')} images · {v(m, 'embed_dim')}-d · "
             f"fingerprint {fp} &nbsp;|&nbsp; **Index** "
             f"{_count(im)} images ({v(im, 'shards')} shards, {v(im, 'factory')}) · "
             f"{_count(cap)} captions ({v(cap, 'shards')} shards, {v(cap, 'factory')})"
