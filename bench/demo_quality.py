@@ -224,13 +224,14 @@ def run_demo(args: argparse.Namespace) -> None:
         api = f"http://127.0.0.1:{port}"
         with httpx.Client(base_url=api, timeout=120) as http:
             info = http.get("/info").json()
-            dev = dev_queries(args.workdir / "synth", [*info["examples"], README_QUERY])
+            queries = [*info["examples"], README_QUERY]
+            dev = dev_queries(args.workdir / "synth", queries)
             ranked = {
                 q: [
                     h["image_id"]
                     for h in http.post("/search/text", json={"query": q, "k": K}).json()["results"]
                 ]
-                for q in [*info["examples"], README_QUERY, *dev]
+                for q in [*queries, *dev]
             }
             among_n = info["index"]["images"]["count"]
     finally:
@@ -244,7 +245,7 @@ def run_demo(args: argparse.Namespace) -> None:
     scenes = SceneIndex.load(world)
     assert among_n == len(scenes.scenes), (among_n, len(scenes.scenes))  # the demo indexes every split
     rows = score_examples(scenes, ranked, list(scenes.scenes))
-    rows, dev_rows = rows[: -len(dev)], rows[-len(dev) :]
+    rows, dev_rows = rows[: len(queries)], rows[len(queries) :]
     model = TwoBranch.load(args.workdir / "model")
     rsum = evaluate_model(model, f"synth:{world}")
     places = frame_place_accuracy(model, scenes, one_object_images(model, f"synth:{world}", scenes)[0])
@@ -296,17 +297,14 @@ def run_seeds(args: argparse.Namespace) -> None:
         )
         col = Collection.load(index)
         queries = [*col.meta.examples, README_QUERY]
-        hits = col.search_images(model.embed_texts(queries), K)
-        ranked = {q: [h["image_id"] for h in row] for q, row in zip(queries, hits)}
+        dev = dev_queries(world, queries)
+        hits = col.search_images(model.embed_texts([*queries, *dev]), K)
+        ranked = {q: [h["image_id"] for h in row] for q, row in zip([*queries, *dev], hits)}
         rows = score_examples(scenes, ranked, list(scenes.scenes))
+        rows, dev_rows = rows[: len(queries)], rows[len(queries) :]
         print_examples(rows, f"seed {seed}: the page's examples, top {K} images (in-process collection)")
         most = sum(p.most for p, _ in rows[:-1])
         hits = sum(p.hits for p, _ in rows[:-1])
-        dev = dev_queries(world, queries)
-        dev_hits = col.search_images(model.embed_texts(dev), K)
-        dev_rows = score_examples(
-            scenes, {q: [h["image_id"] for h in row] for q, row in zip(dev, dev_hits)}, list(scenes.scenes)
-        )
         images, split = one_object_images(model, demo.data_spec, scenes)
         shapes = shape_accuracy(model, scenes, images, split)
         places = frame_place_accuracy(model, scenes, images)
